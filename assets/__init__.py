@@ -1,0 +1,1 @@
+"""Shipped assets (installed as mmlora.assets): tiny model files and demo data."""

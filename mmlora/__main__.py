@@ -1,0 +1,3 @@
+from mmlora.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""`mmlora infer`: one prompt about one image, with an optional LoRA adapter merged in."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from mmlora.config import ModelConfig
+from mmlora.data import Sample, load_image, user_turn
+from mmlora.errors import MmloraError
+
+
+def adapter_base_model(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on, from its adapter_config.json."""
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise MmloraError(f"'{adapter_dir}' is not an adapter directory (no adapter_config.json).")
+    base = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise MmloraError(f"{config_path} names no base model; pass --model.")
+    return base
+
+
+def model_config_for(model: str | None, adapter: str | None, min_pixels, max_pixels) -> ModelConfig:
+    """Model settings: explicit flags, else the adapter's recipe, else the defaults."""
+    cfg = ModelConfig()
+    if adapter:
+        recipe_path = Path(adapter) / "recipe.yaml"
+        if recipe_path.is_file():
+            saved = (yaml.safe_load(recipe_path.read_text()) or {}).get("model", {})
+            cfg = ModelConfig(**{k: v for k, v in saved.items() if k in ModelConfig.__dataclass_fields__})
+        cfg.name = model or adapter_base_model(Path(adapter))
+    elif model:
+        cfg.name = model
+    else:
+        raise MmloraError("Give --model (hub id, local dir or tiny id) or --adapter DIR.")
+    cfg.min_pixels = min_pixels or cfg.min_pixels
+    cfg.max_pixels = max_pixels or cfg.max_pixels
+    return cfg
+
+
+def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
+               max_new_tokens: int = 128, min_pixels: int | None = None,
+               max_pixels: int | None = None) -> str:
+    """Load the model (+ adapter, merged for zero added latency) and answer one prompt."""
+    image_path = Path(image)
+    if not image_path.is_file():
+        raise MmloraError(f"Image '{image}' not found.")
+    picture = load_image(image_path, where=str(image_path))  # fails fast, before loading weights
+    cfg = model_config_for(model, adapter, min_pixels, max_pixels)
+
+    import torch
+
+    from mmlora.generate import generate_answers
+    from mmlora.modeling import load_model_and_processor
+
+    if not torch.cuda.is_available():
+        print("mmlora: no CUDA device visible; running on CPU.", file=sys.stderr)
+    loaded = load_model_and_processor(cfg)
+    net = loaded.model
+    if adapter:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+    sample = Sample([picture], [user_turn(prompt)], source=str(image_path))
+    return generate_answers(net, loaded.processor, [sample], 1, max_new_tokens, first_line=False)[0]

@@ -1,0 +1,1 @@
+"""Shipped recipes (installed as mmlora.recipes): `mmlora recipes` lists them."""
