@@ -52,7 +52,7 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = _doc("LoRA rank.", 8)
+    r: int = _doc("LoRA rank: size of the low-rank update.", 8)
     alpha: float = _doc("LoRA alpha; the update is scaled by alpha / r.", 16.0)
     dropout: float = _doc("Dropout on the LoRA input.", 0.05)
     targets: list[str] = _doc(

@@ -1,0 +1,27 @@
+"""Shared fixtures: the built-in tiny model and the shipped synthetic data (all offline)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# No test may reach a model hub: fail fast instead of retrying a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def tiny():
+    """A freshly built tiny Qwen2-VL with its processor (fresh: LoRA modifies models in place)."""
+    from mmlora.config import ModelConfig
+    from mmlora.modeling import load_model_and_processor
+
+    return load_model_and_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=224 * 224), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_image():
+    from mmlora.paths import assets_dir
+
+    return assets_dir() / "demo" / "images" / "red_circle_white_112x112.png"
