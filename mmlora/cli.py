@@ -21,6 +21,11 @@ EPILOG = """examples:
   mmlora infer --adapter runs/tiny_vqa --image assets/demo/images/x.png --prompt "What color is the shape?"
   CUDA_VISIBLE_DEVICES=0 mmlora infer --model Qwen/Qwen2-VL-2B-Instruct --image cat.jpg --prompt "Describe the image."
   mmlora recipes                                list shipped recipes; `mmlora recipes cp NAME DEST` to customise
+  mmlora eval tiny_vqa --compare-base           base vs fine-tuned: metrics.json, report.md, report.html
+  mmlora score --task vqa predictions.jsonl     metrics of a predictions file (no model)
+  mmlora data check tiny_caption                rows, bad rows by reason, image/length stats (no weights)
+  mmlora plan tiny_smolvlm_vqa lora.vision=lora parameters per component, adapter size, visual tokens
+  mmlora merge --adapter runs/tiny_vqa --out merged   standalone model for --model merged (or vLLM)
 """
 
 
@@ -31,7 +36,12 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.output_dir:
         recipe.train.output_dir = args.output_dir
-    result = train(recipe)
+    result = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    if result.interrupted_by is not None:
+        from mmlora.train import interrupted_message
+
+        print(interrupted_message(result, args.recipe), file=sys.stderr)
+        return 128 + result.interrupted_by  # 130 for Ctrl-C, 143 for SIGTERM: stopped, resumable
     print(f"adapter: {result.output_dir}")
     return 0
 
@@ -96,12 +106,77 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from mmlora.merge import merge_adapter
+
+    result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
+    print(f"merged {args.adapter} into {result.base} ({result.dtype}): {result.tensors} tensors in "
+          f"{result.shards} shard(s), each read back and checked. Use it with --model {result.out_dir}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from mmlora.config import load_recipe
+    from mmlora.plan import format_plan, make_plan
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(format_plan(make_plan(recipe), recipe))
+    return 0
+
+
 def cmd_tiny(args) -> int:
     from mmlora.modeling import save_tiny_model
 
     out = save_tiny_model(args.model_id, args.out)
     print(f"saved {args.model_id} to {out} (load it with --model {out})")
     return 0
+
+
+def cmd_eval(args) -> int:
+    apply_gpu_selection(args.gpu)
+    from mmlora.config import load_recipe
+    from mmlora.evaluation import run_eval
+    from mmlora.report import metric_rows
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    report, out = run_eval(recipe, args.adapter, args.compare_base, args.split, args.limit, args.output_dir)
+    labels = [run.label for run in report.runs] + (["difference"] if len(report.runs) > 1 else [])
+    print(f"{'metric (x100)':<16}" + "".join(f"{label:>12}" for label in labels))
+    for row in metric_rows(report):
+        print(f"{row[0]:<16}" + "".join(f"{cell:>12}" for cell in row[1:]))
+    print(f"{len(report.items)} samples; wrote predictions.jsonl, metrics.json, report.md, report.html to {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from mmlora.metrics.score_file import PredictionFileError, score_predictions_file
+
+    try:
+        scores = score_predictions_file(args.predictions, args.task)
+    except PredictionFileError as err:
+        raise MmloraError(f"{err}. Each line needs \"prediction\" and \"references\" (or \"answers\" for vqa).") from None
+    except OSError as err:
+        raise MmloraError(f"cannot read '{args.predictions}': {err.strerror or err}.") from None
+    except ValueError as err:
+        raise MmloraError(str(err)) from None
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from mmlora.datacheck import run_data_command
+
+    # Positional items: recipes, and section.key=value overrides applied to each of them.
+    recipes = [item for item in args.items if "=" not in item]
+    overrides = [item for item in args.items if "=" in item]
+    if not recipes:
+        raise MmloraError(f"usage: mmlora data {args.action} RECIPE [RECIPE ...] [section.key=value ...]")
+    text, status = run_data_command(args.action, recipes, overrides, args.json,
+                                    getattr(args, "n", 3), getattr(args, "split", "train"))
+    print(text)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML file, or a shipped recipe name (see `mmlora recipes`)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 lora.r=16")
     p.add_argument("--output-dir", help="shortcut for train.output_dir=...")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="DIR|latest",
+                   help="continue from the newest complete checkpoint in train.output_dir "
+                        "(or from checkpoint DIR); the recipe must match the checkpoint's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty train.output_dir (its old checkpoints are deleted)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("infer", help="answer a prompt about one image", description=(
@@ -147,6 +227,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="tiny_vqa", help="recipe to run (default: tiny_vqa)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="generate on the eval split, score, report (base vs fine-tuned)", description=(
+        "Generate answers on a data split with the base model and/or the fine-tuned adapter, score "
+        "them with the task's metrics (VQA accuracy, exact match, ANLS; BLEU, ROUGE-L, CIDEr-D) and "
+        "write predictions.jsonl, metrics.json, report.md and report.html. Without --adapter, the "
+        "adapter in the recipe's train.output_dir is used when there is one."))
+    p.add_argument("recipe", help="recipe YAML file or shipped recipe name (model, data, eval settings)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.batch_size=4")
+    p.add_argument("--adapter", help="adapter directory written by `mmlora train` (default: train.output_dir)")
+    p.add_argument("--compare-base", action="store_true",
+                   help="also evaluate the base model on the same samples and report both side by side")
+    p.add_argument("--split", default="eval", help="eval (default), train, or a JSONL data file")
+    p.add_argument("--limit", type=int, help="evaluate only the first N samples (default: eval.limit)")
+    p.add_argument("--output-dir", help="where the four files go (default: ADAPTER/eval_SPLIT)")
+    p.add_argument("--gpu", help="GPU ids to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="metrics of a predictions file, as JSON (no model)", description=(
+        "Score a JSONL predictions file without loading any model. Each line: {\"prediction\": ..., "
+        "\"references\": [...]} (for vqa, \"answers\": [...] also works); `mmlora eval` writes such "
+        "files (predictions.jsonl)."))
+    p.add_argument("predictions", help="JSONL file of predictions")
+    p.add_argument("--task", required=True, choices=["vqa", "caption"], help="which metrics to compute")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("data", help="check a recipe's datasets, or preview samples as the model sees them",
+                       description="Scan a recipe's data with the model's processor only (no weights).")
+    data_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = data_sub.add_parser("check", help="rows, usable samples, bad rows by reason, image and length stats",
+                                description=(
+        "Scan every split of the recipe: rows, usable samples, bad rows by reason, image sizes, "
+        "visual tokens, sequence lengths (min/median/p95/max), trained-token share, and samples "
+        "dropped or truncated at data.max_length. Exit status 1 when `mmlora train` would refuse "
+        "the data (bad rows with data.on_error=raise, or nothing usable)."))
+    preview = data_sub.add_parser("preview", help="show samples with the trained spans marked", description=(
+        "Show the first samples as the model will see them (image tokens collapsed to <token>xN), "
+        "trained spans between [[ and ]]."))
+    for q in (check, preview):
+        q.add_argument("items", nargs="+", metavar="RECIPE|OVERRIDE", help=(
+            "recipe YAML files or shipped recipe names, and dotted overrides for all of them, e.g. "
+            "data.train=my.jsonl"))
+        q.add_argument("--json", action="store_true", help=(
+            "machine-readable output (for several recipes: an object keyed by recipe)"))
+    preview.add_argument("--n", type=int, default=3, help="number of samples (default 3)")
+    preview.add_argument("--split", choices=["train", "eval"], default="train")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("merge", help="merge an adapter into its base model and save a standalone model",
+                       description=(
+        "Fold the LoRA weights (and a fully trained projector) of DIR into the base weights and save "
+        "safetensors shards + processor + chat template to OUT, loadable with "
+        "AutoModelForImageTextToText.from_pretrained and `mmlora infer --model OUT`. Every shard is "
+        "read back and checked. An adapter trained on a 4/8-bit base is merged into the unquantised base."))
+    p.add_argument("--adapter", required=True, help="directory written by `mmlora train`")
+    p.add_argument("--out", required=True, help="new directory for the merged model")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                   help="weights dtype of the merged model (default: the recipe's model.dtype, auto -> bf16)")
+    p.add_argument("--base", help="base model to merge into (default: the adapter's base model)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("plan", help="parameter counts, adapter size and visual tokens of a recipe (no weights)",
+                       description=(
+        "Build the recipe's model from its config alone (no weights read), attach LoRA as training "
+        "would, and print total/frozen/trainable parameters per component, the adapter size on disk "
+        "and the visual tokens per image at model.min_pixels / max_pixels."))
+    p.add_argument("recipe", help="recipe YAML file, or a shipped recipe name")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.r=16 lora.vision=lora")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("tiny", help="save a built-in tiny model as a normal checkpoint folder")
     p.add_argument("out", help="destination directory")

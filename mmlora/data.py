@@ -1,155 +1,128 @@
-"""Rows from data files -> chat samples `{"images": [...], "messages": [...]}`.
+"""Datasets -> chat samples `{"images": [...], "messages": [...]}`, with images checked.
 
-Row formats read here (JSON Lines, one row per line):
-- captioning: `{"image": "a.png", "caption": "..."}`
-- VQA:        `{"image": "a.png", "question": "...", "answer": "..."}` (or `answers: [...]`)
-- messages:   `{"images": ["a.png"], "messages": [{"role": "user", "content": [...]}, ...]}`
+This module is the entry point the rest of mmlora imports from; the work is split into
+`datasources` (reading files and folders), `formats` (row formats -> samples), `images` (safe
+image loading) and `datascan` (the pre-scan before training). See README "Data".
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from mmlora.config import DataConfig
+from mmlora.datasources import open_source
 from mmlora.errors import MmloraError
+from mmlora.formats import parse_column_map, row_to_samples
+from mmlora.images import ImageInfo, inspect_image, load_image, resolve_image
 from mmlora.paths import resolve_data_path
+from mmlora.samples import (
+    REASONS, RowError, Sample, assistant_turn, most_common_answer, text_of, user_turn,
+)
+
+__all__ = [
+    "REASONS", "ImageChecker", "RowError", "Sample", "RowResult", "assistant_turn", "iter_samples", "load_image",
+    "load_samples", "most_common_answer", "text_of", "user_turn",
+]
+log = logging.getLogger(__name__)
 
 
 @dataclass
-class Sample:
-    """One chat sample; images are paths until the dataset loads them."""
+class RowResult:
+    """What became of one raw row: its samples, or the problem that made it unusable."""
 
-    images: list
-    messages: list[dict]
-    source: str
-    """`file:line`, for error messages."""
-    references: list[str] = field(default_factory=list)
-    """All acceptable answers / captions, for evaluation."""
+    where: str
+    samples: list[Sample] = field(default_factory=list)
+    problem: RowError | None = None
 
 
-def user_turn(text: str, n_images: int = 1) -> dict:
-    """A user message with the images first, then the text (Qwen2-VL's documented order)."""
-    return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
+def image_root(cfg) -> Path | None:
+    """data.image_root as a path (asset:// allowed), or None for "the dataset's own folder"."""
+    return resolve_data_path(cfg.image_root) if cfg.image_root else None
 
 
-def assistant_turn(text: str) -> dict:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResult]:
+    """Every row of `source` (a path, `asset://` name, `datasets.Dataset` or list of rows) as
+    samples with image references resolved and checked to exist, or as a located problem.
 
-
-def most_common_answer(answers: list[str]) -> str:
-    """VQAv2 rows carry 10 human answers; train on the most frequent (first seen wins ties)."""
-    return collections.Counter(answers).most_common(1)[0][0]
-
-
-def _text_field(row: dict, name: str, where: str) -> str:
-    value = row.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise MmloraError(f"{where}: field '{name}' must be a non-empty string, got {value!r}.")
-    return value.strip()
-
-
-def row_to_sample(row: dict, where: str, cfg: DataConfig, task: str) -> Sample:
-    """Normalise one raw row into a Sample (image paths still unresolved)."""
-    if not isinstance(row, dict):
-        raise MmloraError(f"{where}: expected a JSON object, got {type(row).__name__}.")
-    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    if "messages" in row:
-        images = row.get("images") or []
-        if isinstance(images, str):
-            images = [images]
-        messages = row["messages"]
-        if not isinstance(messages, list) or not any(m.get("role") == "assistant" for m in messages):
-            raise MmloraError(f"{where}: field 'messages' needs at least one assistant turn.")
-        last = messages[-1]
-        answer = last["content"] if isinstance(last["content"], str) else " ".join(
-            part.get("text", "") for part in last["content"] if part.get("type") == "text"
-        )
-        return Sample(list(images), system + messages, where, [answer])
-    if "image" not in row:
-        raise MmloraError(f"{where}: no 'image' field (and no 'messages').")
-    image = row["image"]
-    if "question" in row:
-        question = _text_field(row, "question", where)
-        if "answers" in row:
-            answers = row["answers"]
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                raise MmloraError(f"{where}: field 'answers' must be a non-empty list of strings.")
-            answers = [a.strip() for a in answers]
-            answer = most_common_answer(answers)
-        else:
-            answer = _text_field(row, "answer", where)
-            answers = [answer]
-        messages = system + [user_turn(question), assistant_turn(answer)]
-        return Sample([image], messages, where, answers)
-    captions = row.get("captions") or ([row["caption"]] if "caption" in row else None)
-    if not captions:
-        raise MmloraError(f"{where}: a captioning row needs 'caption' or 'captions' ('question' for VQA).")
-    captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
-    if not captions:
-        raise MmloraError(f"{where}: field 'caption' must be a non-empty string.")
-    messages = system + [user_turn(cfg.caption_prompt), assistant_turn(captions[0])]
-    return Sample([image], messages, where, captions)
-
-
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """(`file:line`, row) for each non-empty line; a malformed line is an error naming it."""
-    if not path.is_file():
-        raise MmloraError(f"Data file '{path}' does not exist.")
-    rows = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                rows.append((where, json.loads(raw.decode("utf-8"))))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise MmloraError(f"{where}: not a valid UTF-8 JSON line ({err}).") from None
-    return rows
-
-
-def load_samples(path: str, cfg: DataConfig, task: str) -> list[Sample]:
-    """Every row of a JSONL file as a Sample with image paths resolved and checked to exist."""
-    data_path = resolve_data_path(path)
-    root = resolve_data_path(cfg.image_root) if cfg.image_root else data_path.parent
-    samples = []
-    for where, row in read_jsonl(data_path):
-        sample = row_to_sample(row, where, cfg, task)
-        sample.images = [_resolve_image(image, root, where) for image in sample.images]
-        samples.append(sample)
-    if not samples:
-        raise MmloraError(f"Data file '{data_path}' has no rows.")
-    return samples
-
-
-def _resolve_image(image, root: Path, where: str):
-    if not isinstance(image, str):
-        return image  # already a PIL image
-    path = (root / image).resolve()
-    if not path.is_file():
-        raise MmloraError(f"{where}: image '{image}' not found (looked at {path}).")
-    return path
-
-
-def load_image(image, where: str = "image"):
-    """An RGB PIL image from a path or a PIL image, EXIF orientation applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        picture = image
-    else:
+    expand_captions: one sample per caption when data.captions_per_image is `all` (training);
+    otherwise one sample per row with every caption as a reference (evaluation).
+    """
+    if isinstance(source, str):
+        source = resolve_data_path(source)
+    opened = open_source(source, image_root(cfg))
+    column_map = parse_column_map(cfg.column_map)
+    for where, row in opened.rows:
+        if isinstance(row, RowError):
+            yield RowResult(where, problem=row.at(where))
+            continue
         try:
-            with Image.open(image) as opened:
-                opened.load()
-                picture = ImageOps.exif_transpose(opened)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise MmloraError(f"{where}: cannot read image '{image}' ({err}).") from None
-    if picture.mode == "RGBA" or (picture.mode == "P" and "transparency" in picture.info):
-        # Composite transparency on white: a plain convert would turn transparent pixels black.
-        rgba = picture.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(background, rgba)
-    return picture.convert("RGB")
+            samples = row_to_samples(row, cfg, column_map, where, expand_captions)
+            for sample in samples:
+                outside_ok = cfg.allow_outside_root or not opened.confined
+                sample.images = [resolve_image(ref, opened.root, outside_ok, cfg.allow_urls) for ref in sample.images]
+        except RowError as err:
+            yield RowResult(where, problem=err.at(where))
+            continue
+        yield RowResult(where, samples)
+
+
+class ImageChecker:
+    """`inspect_image` once per distinct image (datasets repeat images across rows); a bad
+    image's error is remembered and raised again for every row that uses it."""
+
+    def __init__(self, decode: bool = True):
+        self.decode, self.seen = decode, {}
+
+    def __call__(self, ref) -> ImageInfo:
+        key = _image_key(ref)
+        if key not in self.seen:
+            try:
+                self.seen[key] = inspect_image(ref, decode=self.decode)
+            except RowError as err:
+                self.seen[key] = err
+        if isinstance(self.seen[key], RowError):
+            raise self.seen[key]
+        return self.seen[key]
+
+
+def _image_key(ref):
+    if isinstance(ref, (bytes, bytearray)):
+        return hashlib.sha1(ref).hexdigest()
+    return str(ref) if isinstance(ref, (str, Path)) else id(ref)
+
+
+def load_samples(path, cfg, task: str | None = None, expand_captions: bool = False,
+                 check_images: bool = True) -> list[Sample]:
+    """Every usable sample of a dataset (one per row unless expand_captions), its images
+    checked as data.image_check says (the token-length checks of training are in datascan).
+
+    Bad rows raise an MmloraError naming file, row and field (data.on_error=raise) or are
+    skipped and counted in a warning (skip).
+    """
+    samples, skipped = [], collections.Counter()
+    check = ImageChecker(decode=cfg.image_check == "decode")
+    for result in iter_samples(path, cfg, expand_captions):
+        if result.problem is None and check_images:
+            try:
+                for sample in result.samples:
+                    for ref in sample.images:
+                        check(ref)
+            except RowError as err:
+                result.problem = err.at(result.where)
+        if result.problem is not None:
+            if cfg.on_error == "raise":
+                raise MmloraError(f"{result.problem} (set data.on_error=skip to skip bad rows)")
+            skipped[result.problem.reason] += 1
+            if sum(skipped.values()) <= 10:  # the first few in full, then only the counts
+                log.warning("skipping %s", result.problem)
+            continue
+        samples.extend(result.samples)
+    if skipped:
+        log.warning("%s: skipped %d bad row(s): %s", path, sum(skipped.values()), dict(skipped))
+    if not samples:
+        raise MmloraError(f"Data '{path}' has no usable rows.")
+    return samples

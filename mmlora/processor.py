@@ -1,11 +1,13 @@
 """Image-text processing that needs only an image processor, a tokenizer and a chat template.
 
 Why not the family's `*Processor`: without torchvision, transformers 5.x cannot construct or
-load Qwen2-VL's processor (its video processor needs torchvision), while the image processor
-falls back to a PIL implementation and the tokenizer needs neither. mmlora therefore does the
-one thing the processor adds itself: expanding each image placeholder into as many tokens as the
-image yields visual tokens. Where torchvision exists the full processor is loaded and its parts
-are used, so both paths produce identical inputs.
+load Qwen2-VL's or SmolVLM's processor (their video processors need torchvision), while every
+supported family's image processor has a PIL backend and the tokenizer needs neither. mmlora
+therefore does the one thing the processor adds itself: replacing each image placeholder with
+the tokens the image becomes, as the family description says (`Family.image_tokens`: counts
+from image_grid_thw for Qwen-VL, fixed counts for LLaVA/Gemma 3/PaliGemma, row/column tiling
+for Idefics3, anyres counts for LLaVA-NeXT). Tests compare the result with transformers' own
+processors where those can be built here.
 """
 
 from __future__ import annotations
@@ -33,17 +35,50 @@ class Encoded:
     pixel_values: Any = None
     image_grid_thw: Any = None
     image_token_counts: list[int] = field(default_factory=list)
-    """Visual tokens per image, in order (what each placeholder was expanded to)."""
+    """Visual tokens per image, in order (`ImageTokens`: ints that carry their expansion)."""
+    vision_inputs: dict = field(default_factory=dict)
+    """Every per-sample tensor the model's forward takes for the images (pixel_values, and
+    image_grid_thw / image_sizes / pixel_attention_mask as the family needs)."""
 
 
 def expand_placeholders(text: str, placeholder: str, counts: list[int]) -> str:
-    """Repeat the k-th placeholder counts[k] times (only the placeholders `text` contains).
+    """Replace the k-th placeholder with image k's tokens (only the placeholders `text` has).
 
-    Expanding a prefix of a conversation gives a prefix of the expanded conversation, which is
-    what lets the collator locate answer spans in expanded text.
+    counts[k] is an `ImageTokens` (carrying its replacement text) or a plain int, which stands
+    for that many copies of the placeholder. Expanding a prefix of a conversation gives a prefix
+    of the expanded conversation, which is what lets the collator locate answer spans.
     """
     pieces = text.split(placeholder)
-    return pieces[0] + "".join(placeholder * counts[k] + rest for k, rest in enumerate(pieces[1:]))
+    return pieces[0] + "".join(
+        getattr(counts[k], "text", placeholder * counts[k]) + rest for k, rest in enumerate(pieces[1:])
+    )
+
+
+def _pad_to(tensor, shape: list[int]):
+    out = tensor.new_zeros((tensor.shape[0], *shape))
+    out[(slice(None), *(slice(0, s) for s in tensor.shape[1:]))] = tensor
+    return out
+
+
+def stack_vision(per_sample: list[dict]) -> dict:
+    """Concatenate per-sample vision tensors along dim 0, zero-padding the other dims to the
+    largest: tiles (Idefics3) and anyres patches (LLaVA-NeXT) vary per image, and both models
+    skip all-zero padding."""
+    import torch
+
+    per_sample = [d for d in per_sample if d]
+    if not per_sample:
+        return {}
+    out = {}
+    for key in per_sample[0]:
+        tensors = [d[key] for d in per_sample]
+        shape = [max(t.shape[i] for t in tensors) for i in range(1, tensors[0].dim())]
+        out[key] = torch.cat([t if list(t.shape[1:]) == shape else _pad_to(t, shape) for t in tensors])
+    return out
+
+
+def _as_parts(content):
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 @dataclass
@@ -55,31 +90,52 @@ class ImageTextProcessor:
     chat_template: str
     family: Family
     full_processor: Any = None
-    """The family's own processor when it could be built (torchvision installed), else None."""
+    """The family's own processor when it could be built (torchvision installed), else None;
+    used only to write its config files next to mmlora's."""
+    model_config: Any = None
+    """The model's config: visual tokens per image depend on it (patch size, tokens per image)."""
+    processor_config: dict | None = None
+    """The checkpoint's processor_config.json, written back by save_pretrained."""
 
     @property
     def image_token_id(self) -> int:
-        return self.tokenizer.convert_tokens_to_ids(self.family.image_token)
+        """Id of the token that stands for one visual feature (never trained)."""
+        return self.tokenizer.convert_tokens_to_ids(self.family.feature_token)
 
     @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The chat template applied to messages, as text with one placeholder per image."""
-        return self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=self.chat_template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        """The chat template applied to messages, as text with one placeholder per image.
+
+        String contents are passed as one text part: some families' templates (SmolVLM) read
+        only list contents and would drop a plain-string system prompt.
+        """
+        from jinja2 import TemplateError
+
+        messages = [{**m, "content": _as_parts(m["content"])} for m in messages]
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except TemplateError as err:
+            raise MmloraError(f"The {self.family.name} chat template refused the conversation: {err}") from None
 
     def process_images(self, images: list) -> dict:
-        """Pixel patches and (t, h, w) grids, resized within the processor's min/max pixels."""
-        return self.image_processor(images=images, return_tensors="pt")
+        """The image processor's output for `images`, resized within the recipe's bounds."""
+        options = dict(self.family.image_processor_kwargs)
+        return self.image_processor(images=images, return_tensors="pt", **options)
+
+    def image_tokens(self, vision: dict, k: int):
+        """What image k's placeholder becomes (`ImageTokens`)."""
+        return self.family.image_tokens(self.image_processor, self.model_config, vision, k)
 
     def encode(self, text: str, images: list) -> Encoded:
-        """Tokenise rendered text, expanding the k-th image placeholder to image k's token count."""
+        """Tokenise rendered text, replacing the k-th image placeholder with image k's tokens."""
         placeholder = self.family.image_token
         n_placeholders = text.count(placeholder)
         if n_placeholders != len(images):
@@ -87,24 +143,38 @@ class ImageTextProcessor:
                 f"The prompt has {n_placeholders} image placeholder(s) but {len(images)} image(s) "
                 "were given; each image needs exactly one image part in the messages."
             )
-        pixel_values = grid = None
-        counts = []
+        counts, vision = [], {}
         if images:
-            vision = self.process_images(images)
-            pixel_values, grid = vision["pixel_values"], vision["image_grid_thw"]
-            counts = [int(g.prod()) // self.family.merge_size**2 for g in grid]
+            output = self.process_images(images)
+            counts = [self.image_tokens(output, k) for k in range(len(images))]
+            vision = {key: output[key] for key in self.family.vision_inputs if key in output}
             text = expand_placeholders(text, placeholder, counts)
         tokens = self.tokenizer(
             text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
         )
+        input_ids = list(tokens["input_ids"])
+        if input_ids.count(self.image_token_id) != sum(counts):
+            raise MmloraError(
+                f"The tokenizer does not keep {self.family.feature_token!r} as one token: the "
+                f"prompt has {input_ids.count(self.image_token_id)} image tokens where the images "
+                f"need {sum(counts)}. The tokenizer must list it as a special token."
+            )
         return Encoded(
-            input_ids=list(tokens["input_ids"]),
+            input_ids=input_ids,
             offsets=[tuple(span) for span in tokens["offset_mapping"]],
             text=text,
-            pixel_values=pixel_values,
-            image_grid_thw=grid,
+            pixel_values=vision.get("pixel_values"),
+            image_grid_thw=vision.get("image_grid_thw"),
             image_token_counts=counts,
+            vision_inputs=vision,
         )
+
+    def text_inputs(self, input_ids, attention_mask, labels=None) -> dict:
+        """Extra per-token model inputs of the family (mm_token_type_ids, token_type_ids).
+
+        `labels` is None for generation prompts; PaliGemma marks trained tokens as its suffix.
+        """
+        return self.family.text_inputs(input_ids, attention_mask, labels, self.image_token_id)
 
     def decode(self, token_ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
@@ -115,26 +185,45 @@ class ImageTextProcessor:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.full_processor is not None:
             self.full_processor.save_pretrained(out_dir)
+        elif self.processor_config:
+            (out_dir / "processor_config.json").write_text(json.dumps(self.processor_config, indent=2) + "\n")
         self.tokenizer.save_pretrained(out_dir)
         self.image_processor.save_pretrained(out_dir)
         (out_dir / "chat_template.jinja").write_text(self.chat_template)
 
 
-def _read_chat_template(source: Path | None, tokenizer) -> str:
-    """The chat template from the tokenizer, or the processor's chat_template.jinja / .json."""
-    if source is not None:
-        jinja = source / "chat_template.jinja"
-        if jinja.is_file():
-            return jinja.read_text()
-        as_json = source / "chat_template.json"
-        if as_json.is_file():
-            return json.loads(as_json.read_text())["chat_template"]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.chat_template
-    raise MmloraError(
-        f"No chat template found for '{source}': the model folder needs chat_template.jinja, "
-        "chat_template.json or a tokenizer with a chat_template."
-    )
+def _read_template_file(source: str, local: Path | None, name: str, **hub_kwargs) -> str | None:
+    if local is not None:
+        path = local / name
+        return path.read_text() if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, name, **hub_kwargs)).read_text()
+    except Exception:  # noqa: BLE001 - absent file (or no hub): try the next place
+        return None
+
+
+def _read_chat_template(source: str, tokenizer, **hub_kwargs) -> str:
+    """The chat template from chat_template.jinja / .json, or the tokenizer's."""
+    local = Path(source) if Path(source).is_dir() else None
+    hub = {k: v for k, v in hub_kwargs.items() if k == "revision"}
+    template = _read_template_file(source, local, "chat_template.jinja", **hub)
+    if template is None:
+        as_json = _read_template_file(source, local, "chat_template.json", **hub)
+        template = json.loads(as_json)["chat_template"] if as_json else None
+    template = template or getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise MmloraError(
+            f"No chat template found for '{source}': the model folder needs chat_template.jinja, "
+            "chat_template.json or a tokenizer with a chat_template."
+        )
+    return template
+
+
+def _read_processor_config(source: str) -> dict | None:
+    path = Path(source) / "processor_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _try_full_processor(source: str, **kwargs):
@@ -152,29 +241,31 @@ def _try_full_processor(source: str, **kwargs):
         return None
 
 
+def load_image_processor(source: str, family: Family, min_pixels: int, max_pixels: int, **hub_kwargs):
+    """The image processor of `source` with the family's size options for [min, max] pixels."""
+    from transformers import AutoImageProcessor
+
+    image_processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+    options = family.image_size_options(image_processor, min_pixels, max_pixels)
+    if options:
+        image_processor = AutoImageProcessor.from_pretrained(source, **options, **hub_kwargs)
+    return image_processor
+
+
 def load_processor(
-    source: str, family: Family, min_pixels: int, max_pixels: int, **hub_kwargs
+    source: str, family: Family, min_pixels: int, max_pixels: int, model_config=None, **hub_kwargs
 ) -> ImageTextProcessor:
     """Build the processor for `source` (hub id or local directory) with bounded image sizes."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    full = _try_full_processor(source, size=size, **hub_kwargs)
-    if full is not None:
-        tokenizer, image_processor = full.tokenizer, full.image_processor
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
-        image_processor = AutoImageProcessor.from_pretrained(source, size=size, **hub_kwargs)
-    local = Path(source) if Path(source).is_dir() else None
-    if local is None:
-        template = getattr(full, "chat_template", None) or getattr(tokenizer, "chat_template", None)
-        if not template:
-            from huggingface_hub import hf_hub_download
-
-            template = Path(hf_hub_download(source, "chat_template.json", **hub_kwargs))
-            template = json.loads(template.read_text())["chat_template"]
-    else:
-        template = _read_chat_template(local, tokenizer)
+    model_config = model_config or AutoConfig.from_pretrained(source, **hub_kwargs)
+    full = _try_full_processor(source, **hub_kwargs)
+    tokenizer = full.tokenizer if full is not None else AutoTokenizer.from_pretrained(source, **hub_kwargs)
+    image_processor = load_image_processor(source, family, min_pixels, max_pixels, **hub_kwargs)
+    template = family.chat_template or _read_chat_template(source, tokenizer, **hub_kwargs)
     # Training pads on the right; batched generation switches to the left where it needs to.
     tokenizer.padding_side = "right"
-    return ImageTextProcessor(tokenizer, image_processor, template, family, full_processor=full)
+    return ImageTextProcessor(
+        tokenizer, image_processor, template, family, full_processor=full, model_config=model_config,
+        processor_config=_read_processor_config(source),
+    )

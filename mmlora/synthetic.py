@@ -32,6 +32,8 @@ SIZES = ((112, 112), (140, 112), (112, 168))
 COLOR_QUESTION = "What color is the shape?"
 SHAPE_QUESTION = "What shape is it?"
 BACKGROUND_QUESTION = "What color is the background?"
+QUESTION_TYPES = {COLOR_QUESTION: "shape color", SHAPE_QUESTION: "shape", BACKGROUND_QUESTION: "background color"}
+"""Each VQA row's `question_type` (as VQAv2 rows carry one): `mmlora eval` reports per type."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ def write_dataset(out_dir: Path, eval_share: float = 0.2, seed: int = 0) -> dict
             draw(spec).save(out_dir / "images" / name)
             image = f"images/{name}"
             caption_rows.append({"image": image, "caption": spec.caption})
-            vqa_rows.extend({"image": image, "question": q, "answer": a} for q, a in vqa_pairs(spec))
+            vqa_rows.extend({"image": image, "question": q, "answer": a, "question_type": QUESTION_TYPES[q]}
+                            for q, a in vqa_pairs(spec))
         counts[f"caption_{split}"] = _write_jsonl(out_dir / f"caption_{split}.jsonl", caption_rows)
         counts[f"vqa_{split}"] = _write_jsonl(out_dir / f"vqa_{split}.jsonl", vqa_rows)
     return counts

@@ -1,22 +1,47 @@
 """Fine-tune: recipe -> model + LoRA -> HF Trainer with mmlora's collator -> adapter on disk.
 
-The HF `Trainer` runs the loop (why: its resume, logging, accelerate/DeepSpeed/FSDP integration
-are what users already know); mmlora supplies the model setup, the dataset and the collator.
+The HF `Trainer` runs the loop (why: its optimizer/scheduler state, RNG and data-position
+resume, logging and accelerate/DeepSpeed/FSDP integration are what users already know);
+mmlora supplies the model setup, the dataset, the collator, atomic checkpoints (trainer.py)
+and the guards against lost work (guards.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmlora.collate import TrainingCollator, encode_for_training
+from mmlora.checkpoints import (
+    check_free_disk,
+    check_resume_compatible,
+    estimate_checkpoint_bytes,
+    find_checkpoint,
+    prepare_output_dir,
+)
+from mmlora.collate import TrainingCollator, encode_for_training, generation_batch
 from mmlora.config import Recipe, save_recipe
-from mmlora.data import Sample, load_samples
-from mmlora.lora import apply_lora, count_parameters, format_parameter_table
-from mmlora.modeling import LoadedModel, load_model_and_processor
+from mmlora.data import Sample
+from mmlora.datascan import prepare_training_data
+from mmlora.errors import MmloraError
+from mmlora.frozen_vision import skip_frozen_vision_graph
+from mmlora.grouping import sample_lengths
+from mmlora.guards import GracefulInterrupt, NonFiniteGuard
+from mmlora.lora import (
+    apply_lora,
+    count_parameters,
+    format_adapted_modules,
+    format_parameter_table,
+    install_param_groups,
+    save_adapter,
+)
+from mmlora.ranks import is_main_process, world_size
+from mmlora.modeling import LoadedModel, load_model_and_processor, set_attn_implementation
+from mmlora.packing import dataloader_workers, training_collator
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +66,12 @@ class TrainResult:
     """The trained PeftModel (in memory, on its training device)."""
     loaded: LoadedModel
     log_history: list[dict]
+    interrupted_by: int | None = None
+    """The signal that stopped the run early (a checkpoint was saved), else None."""
+    checkpoint: Path | None = None
+    """The newest checkpoint written by this run."""
+    skipped_steps: int = 0
+    """Updates skipped because of a non-finite loss or gradient."""
 
 
 def prepare_model(recipe: Recipe, loaded: LoadedModel | None = None):
@@ -48,15 +79,21 @@ def prepare_model(recipe: Recipe, loaded: LoadedModel | None = None):
     import torch
 
     torch.manual_seed(recipe.train.seed)
-    loaded = loaded or load_model_and_processor(recipe.model)
+    loaded = loaded or load_model_and_processor(recipe.model, attn_implementation=recipe.train.attn_implementation)
+    set_attn_implementation(loaded.model, recipe.train.attn_implementation)  # also for a model passed in
     model = apply_lora(loaded.model, loaded.family, recipe.lora)
-    print(format_parameter_table(count_parameters(model, loaded.family)))
+    skip_frozen_vision_graph(model, loaded.family)  # a frozen vision tower builds no autograd graph
+    if is_main_process():
+        print(format_adapted_modules(model.mmlora_adapted))
+        print(format_parameter_table(count_parameters(model, loaded.family)))
     return loaded, model
 
 
 def training_arguments(recipe: Recipe, device: str):
     import torch
     from transformers import TrainingArguments
+
+    from mmlora.train_eval import evaluation_arguments
 
     t = recipe.train
     bf16 = t.bf16 == "true" or (t.bf16 == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
@@ -70,6 +107,7 @@ def training_arguments(recipe: Recipe, device: str):
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
         seed=t.seed,
         data_seed=t.seed,
@@ -77,22 +115,25 @@ def training_arguments(recipe: Recipe, device: str):
         # transformers 5.x names these activation_checkpointing (gradient_* are deprecated aliases).
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
-        dataloader_num_workers=t.num_workers,
+        dataloader_num_workers=dataloader_workers(t.num_workers, device),  # mmlora/packing.py
+        use_liger_kernel=t.liger,
         # The dataset yields TrainExample objects for mmlora's collator, not model columns.
         remove_unused_columns=False,
-        save_strategy="no",
-        report_to="none",
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=t.save_total_limit,
+        # On a CPU-only run this also makes torchrun/accelerate multi-process runs use gloo DDP.
         use_cpu=device == "cpu",
         disable_tqdm=False,
+        **evaluation_arguments(recipe),  # eval loss interval, report_to (mmlora/train_eval.py)
     )
 
 
 def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, history: list[dict]) -> None:
     """Adapter (safetensors), processor, resolved recipe and the training log."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    # save_embedding_layers=False: embeddings are frozen, and "auto" makes PEFT look the base
-    # model up on the hub to compare vocabularies (a warning offline, a network call online).
-    model.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)
+    # Adapter + adapted_modules.json; PiSSA/OLoRA adapters converted to plain LoRA (lora.py).
+    save_adapter(model, out_dir)
     loaded.processor.save_pretrained(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
     with (out_dir / "train_log.jsonl").open("w") as handle:
@@ -100,26 +141,115 @@ def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, hist
             handle.write(json.dumps(entry) + "\n")
 
 
-def train(recipe: Recipe, loaded: LoadedModel | None = None) -> TrainResult:
-    """Run one fine-tune as the recipe says; returns where it saved and the trained model."""
-    from transformers import Trainer
+def dummy_vision_batch(processor) -> dict:
+    """A one-image, few-token batch (see MmloraTrainer.compute_loss: ZeRO-3 and text-only batches)."""
+    from PIL import Image
 
-    samples = load_samples(recipe.data.train, recipe.data, recipe.task)
+    from mmlora.data import user_turn
+
+    side = max(28, int(processor.image_processor.size["shortest_edge"] ** 0.5))
+    sample = Sample([Image.new("RGB", (side, side))], [user_turn("")], "dummy")
+    return generation_batch(processor, [sample])
+
+
+def _explain_oom(recipe: Recipe) -> MmloraError:
+    return MmloraError(
+        f"Out of GPU memory with train.batch_size={recipe.train.batch_size}, "
+        f"data.max_length={recipe.data.max_length}, model.max_pixels={recipe.model.max_pixels}. "
+        "Lower one of them (max_pixels bounds visual tokens per image), raise train.grad_accum "
+        "to keep the effective batch, or set train.gradient_checkpointing=true."
+    )
+
+
+def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None = None,
+          overwrite: bool = False, callbacks: list = ()) -> TrainResult:
+    """Run one fine-tune as the recipe says; returns where it saved and the trained model.
+
+    `resume`: `latest` or a checkpoint directory. `overwrite`: reuse a non-empty output dir.
+    `callbacks`: extra `transformers.TrainerCallback`s, run before mmlora's own.
+    """
+    import torch
+
+    out_dir = Path(recipe.train.output_dir)
+    checkpoint = None
+    if is_main_process():
+        prepare_output_dir(out_dir, resume, overwrite)
+    if resume:
+        checkpoint = find_checkpoint(out_dir, resume)
+        check_resume_compatible(checkpoint, recipe)
+        done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        if 0 < recipe.train.max_steps <= done:
+            raise MmloraError(
+                f"{checkpoint} already reached train.max_steps={recipe.train.max_steps}: nothing "
+                "to resume. Its adapter is in that folder (use it with --adapter)."
+            )
+    # Data pre-scan (mmlora.datascan): bad rows and over-long samples are found before any
+    # weights load or step runs; the counts go to data_report.json in the output directory.
+    data = prepare_training_data(recipe, loaded.processor if loaded else None,
+                                 out_dir if is_main_process() else None)
     loaded, model = prepare_model(recipe, loaded)
     if recipe.train.gradient_checkpointing:
         # The frozen embeddings give the checkpointed blocks inputs without grad; this hook
         # makes them require grad so gradients reach the LoRA weights inside the blocks.
         model.enable_input_require_grads()
     device = next(model.parameters()).device.type
-    dataset = EncodedDataset(samples, loaded.processor, recipe.data.max_length)
-    trainer = Trainer(
+    if recipe.train.liger and (device != "cuda" or importlib.util.find_spec("liger_kernel") is None):
+        raise MmloraError("train.liger=true needs a CUDA GPU and the liger-kernel package "
+                          "(`pip install liger-kernel`); set train.liger=false otherwise.")
+    args = training_arguments(recipe, device)
+    if recipe.train.save_steps > 0 and is_main_process():
+        kept = (recipe.train.save_total_limit or 1_000) + 1
+        check_free_disk(out_dir, kept * estimate_checkpoint_bytes(model))
+    from mmlora.trainer import MmloraTrainer
+
+    guard, interrupt = NonFiniteGuard(recipe.train.max_bad_steps), GracefulInterrupt()
+    distributed = world_size() > 1
+    from mmlora.train_eval import TrainingEvaluation
+
+    # Eval loss, generation metrics, best adapter and loss.png (mmlora/train_eval.py).
+    evaluation = TrainingEvaluation(recipe, loaded.processor)
+    trainer = MmloraTrainer(
         model=model,
-        args=training_arguments(recipe, device),
-        train_dataset=dataset,
-        data_collator=TrainingCollator(loaded.processor),
+        args=args,
+        train_dataset=data.dataset,
+        eval_dataset=evaluation.loss_dataset,
+        data_collator=training_collator(loaded.processor, recipe, model),  # mmlora/packing.py
+        callbacks=[*callbacks, *data.callbacks, guard, interrupt],
+        recipe=recipe,
+        processor=loaded.processor,
+        dummy_vision_batch=dummy_vision_batch(loaded.processor) if distributed else None,
     )
-    trainer.train()
-    out_dir = Path(recipe.train.output_dir)
-    save_outputs(out_dir, model, loaded, recipe, trainer.state.log_history)
-    print(f"saved adapter, processor and recipe to {out_dir}")
-    return TrainResult(out_dir, model, loaded, trainer.state.log_history)
+    if recipe.data.group_by_length:  # mmlora/grouping.py
+        trainer.group_lengths = sample_lengths(data.scan, loaded.processor, recipe.data.max_length)
+    evaluation.attach(trainer)
+    install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.OutOfMemoryError:
+        raise _explain_oom(recipe) from None
+    finally:
+        interrupt.uninstall()
+    result = TrainResult(out_dir, model, loaded, trainer.state.log_history, interrupt.signum,
+                         trainer.last_checkpoint, guard.skipped)
+    if guard.gave_up_at is not None:
+        raise MmloraError(
+            f"Stopped at step {guard.gave_up_at}: {guard.consecutive} consecutive steps had a "
+            f"NaN/inf loss or gradient (their updates were skipped, so the weights are intact). "
+            f"Last good checkpoint: {trainer.last_checkpoint or 'none yet'}. Lower "
+            "train.learning_rate, check the data, or raise train.max_bad_steps."
+        )
+    if interrupt.signum is not None:
+        return result
+    if trainer.args.should_save:
+        save_outputs(out_dir, model, loaded, recipe, trainer.state.log_history)
+        print(f"saved adapter, processor and recipe to {out_dir}")
+    return result
+
+
+def interrupted_message(result: TrainResult, recipe_arg: str) -> str:
+    name = signal.Signals(result.interrupted_by).name
+    return (
+        f"mmlora: stopped by {name}; checkpoint saved to {result.checkpoint}. Resume with: "
+        f"mmlora train {recipe_arg} --resume latest"
+    )

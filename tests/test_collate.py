@@ -1,8 +1,18 @@
+import pytest
 import torch
 from PIL import Image
 
 from mmlora.collate import IGNORE_INDEX, TrainingCollator, encode_for_training
 from mmlora.data import Sample, assistant_turn, user_turn
+from mmlora.errors import MmloraError
+
+
+@pytest.fixture(scope="module")
+def tiny_processor():
+    from mmlora.config import ModelConfig
+    from mmlora.datascan import load_data_processor
+
+    return load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=224 * 224))
 
 
 def trained_text(processor, example) -> str:
@@ -57,3 +67,123 @@ def test_text_only_sample_mixes_with_image_samples(tiny):
     batch = TrainingCollator(tiny.processor)(examples)
     assert batch["image_grid_thw"].shape == (1, 3)
     assert torch.isfinite(tiny.model(**batch).loss)
+
+
+# --- exact masks, from the messages themselves ------------------------------------------------
+
+def trained_spans(processor, example) -> list[str]:
+    """Each maximal run of trained tokens, decoded with special tokens kept."""
+    spans, run = [], []
+    for token, label in zip(example.input_ids + [None], example.labels + [IGNORE_INDEX]):
+        if label != IGNORE_INDEX:
+            run.append(token)
+        elif run:
+            spans.append(processor.decode(run, skip_special_tokens=False))
+            run = []
+    return spans
+
+
+def assistant_texts(messages) -> list[str]:
+    return [" ".join(p["text"] for p in m["content"] if p["type"] == "text")
+            for m in messages if m["role"] == "assistant"]
+
+
+CONVERSATIONS = {
+    "multi_turn": ([Image.new("RGB", (112, 112), "red")], [
+        {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+        user_turn("What color is the shape?"), assistant_turn("red"),
+        {"role": "user", "content": [{"type": "text", "text": "And the background?"}]},
+        assistant_turn("white, mostly"),
+        {"role": "user", "content": [{"type": "text", "text": "Sure?"}]}, assistant_turn("Yes.")]),
+    "multi_image": ([Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 56), "blue")], [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Compare"},
+                                     {"type": "image"}, {"type": "text", "text": "these two."}]},
+        assistant_turn("The first is red, the second blue.")]),
+    "text_only": ([], [user_turn("Name a colour.", n_images=0), assistant_turn("green"),
+                       user_turn("Another?", n_images=0), assistant_turn("blue")]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("train_on", ["all_turns", "last_turn"])
+def test_trained_spans_are_exactly_the_assistant_turns(tiny_processor, name, train_on):
+    images, messages = CONVERSATIONS[name]
+    example = encode_for_training(tiny_processor, Sample(images, messages, name), 512, train_on=train_on)
+    expected = [text + "<|im_end|>" for text in assistant_texts(messages)]
+    assert trained_spans(tiny_processor, example) == (expected if train_on == "all_turns" else expected[-1:])
+    image_id = tiny_processor.image_token_id
+    assert all(label == IGNORE_INDEX for token, label in zip(example.input_ids, example.labels) if token == image_id)
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(example.input_ids, example.labels))
+
+
+def test_scan_tokenisation_equals_the_processor_path(tiny_processor):
+    """The pre-scan measures text with predicted visual-token counts; training gets the same."""
+    from mmlora.collate import answer_labels, tokenize_text
+
+    for images, messages in CONVERSATIONS.values():
+        example = encode_for_training(tiny_processor, Sample(images, messages, "t"), 512)
+        counts = [int(g.prod()) // 4 for g in example.image_grid_thw] if images else []
+        ids, offsets = tokenize_text(tiny_processor, messages, counts)
+        assert ids == example.input_ids
+        assert answer_labels(tiny_processor, messages, counts, ids, offsets) == example.labels
+
+
+def test_fit_length_never_cuts_an_image():
+    from mmlora.collate import fit_length
+
+    ids = [1, 7, 7, 7, 9, 1, 2, 3, 4, 5]  # 7: image tokens, 9: the image-end marker
+    labels = [IGNORE_INDEX] * 6 + [2, 3, 4, 5]
+    keep = 5  # the first 5 tokens hold the image and its end marker
+    assert fit_length(ids, labels, 10, False, keep) == (ids, labels)
+    assert fit_length(ids, labels, 8, False, keep) is None  # drop policy
+    assert fit_length(ids, labels, 8, True, keep) == (ids[:8], labels[:8])
+    assert fit_length(ids, labels, 6, True, keep) is None  # no answer token would remain
+    assert fit_length(ids, labels, 4, True, keep) is None  # would cut the end marker
+    assert fit_length(ids, labels, 3, True, keep) is None  # would cut inside the image
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_image_tokens_end_is_right_after_the_last_image(tiny_processor, name):
+    from mmlora.collate import image_tokens_end
+
+    images, messages = CONVERSATIONS[name]
+    example = encode_for_training(tiny_processor, Sample(images, messages, name), 512)
+    counts = [int(g.prod()) // 4 for g in example.image_grid_thw] if images else []
+    ids = example.input_ids
+    offsets = tiny_processor.encode(tiny_processor.render(messages), images).offsets
+    keep = image_tokens_end(tiny_processor, messages, counts, offsets)
+    if not images:
+        assert keep == 0
+    else:
+        last_image = max(i for i, t in enumerate(ids) if t == tiny_processor.image_token_id)
+        assert keep == last_image + 2
+        assert tiny_processor.decode([ids[keep - 1]], skip_special_tokens=False) == "<|vision_end|>"
+
+
+def test_encode_refuses_what_does_not_fit(tiny_processor):
+    sample = Sample([Image.new("RGB", (224, 224))], [user_turn("Q?"), assistant_turn("red")], "data.jsonl:3")
+    with pytest.raises(MmloraError, match=r"data\.jsonl:3: sample is \d+ tokens .* cannot be cut"):
+        encode_for_training(tiny_processor, sample, 40, truncate=True)
+    with pytest.raises(MmloraError, match="pre-scan predicted"):
+        encode_for_training(tiny_processor, sample, 512, expected_counts=[16])
+
+
+def test_batched_left_padded_generation_equals_one_by_one(tiny):
+    from mmlora.collate import generation_batch
+    from mmlora.generate import generate_answers
+
+    samples = [
+        Sample([Image.new("RGB", (112, 112), "red")], [user_turn("What color is the shape?")], "a"),
+        Sample([], [user_turn("Say something about colours, please.", n_images=0)], "b"),
+        Sample([Image.new("RGB", (140, 112), "blue"), Image.new("RGB", (56, 56), "green")],
+               [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                            {"type": "text", "text": "Two?"}]}], "c"),
+        Sample([Image.new("RGB", (112, 168), "yellow")], [user_turn("Color?")], "d"),
+    ]
+    batch = generation_batch(tiny.processor, samples)
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1 and (batch["attention_mask"][:, -1] == 1).all()  # padded left
+    together = generate_answers(tiny.model, tiny.processor, samples, batch_size=4, max_new_tokens=6, first_line=False)
+    alone = [generate_answers(tiny.model, tiny.processor, [s], batch_size=1, max_new_tokens=6, first_line=False)[0]
+             for s in samples]
+    assert together == alone and any(together)

@@ -5,6 +5,8 @@
 * Captioning (:mod:`mmlora.metrics.caption`): the COCO caption evaluation's
   BLEU-1..4, ROUGE-L and CIDEr-D, with a pure-Python PTB tokenizer
   (:mod:`mmlora.metrics.tokenize`).  METEOR and SPICE are not provided (Java).
+* Tasks: :func:`score_task` gives a task's corpus metrics (:data:`TASK_METRICS`), per-sample
+  scores and correctness, for reports.
 * Files: :func:`score_predictions_file` scores a JSONL of predictions.
 * ``evaluate``: :func:`load_metric` loads the shipped ``evaluate`` modules
   (``"vqa_accuracy"``, ``"caption_metrics"``) by path, without network.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmlora.metrics.caption import caption_scores, cider_d, coco_tokenize, corpus_bleu, rouge_l
 from mmlora.metrics.score_file import PredictionFileError, score_predictions_file
+from mmlora.metrics.task import PRIMARY_METRIC, TASK_METRICS, TaskScores, score_task
 from mmlora.metrics.vqa import anls, exact_match, vqa_accuracy, vqa_scores
 from mmlora.metrics.vqa_normalize import normalize_vqa_answer
 
@@ -28,6 +31,9 @@ if TYPE_CHECKING:  # evaluate is imported lazily: it pulls in datasets/pyarrow.
 __all__ = [
     "EVALUATE_MODULES_DIR",
     "METRIC_NAMES",
+    "PRIMARY_METRIC",
+    "TASK_METRICS",
+    "TaskScores",
     "PredictionFileError",
     "anls",
     "caption_scores",
@@ -40,6 +46,7 @@ __all__ = [
     "normalize_vqa_answer",
     "rouge_l",
     "score_predictions_file",
+    "score_task",
     "vqa_accuracy",
     "vqa_scores",
 ]

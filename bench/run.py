@@ -1,0 +1,206 @@
+"""mmlora vs the baseline users would write (HF Trainer + PEFT), same model, data, LoRA shape,
+global batch and steps, measured side by side in one run. See bench/README.md.
+
+    python bench/run.py                     # CPU workload (tiny model), writes bench/results/cpu.md
+    python bench/run.py --workload gpu      # Qwen2-VL-2B architecture on a CUDA GPU -> gpu.md
+
+Every run is a fresh process (clean peak memory, honest time to first step); the configurations
+alternate in order round after round, so load from other processes hits all of them alike, and
+the table reports the median of the rounds.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()  # before torch is imported: time to first step counts imports and loading
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.workloads import WORKLOADS  # noqa: E402
+
+CONFIGS = {
+    "baseline": "HF Trainer + PEFT, padded batches (bench/README.md)",
+    "mmlora": "mmlora, length-grouped batches",
+    "mmlora-packed": "mmlora, data.packing=true",
+}
+
+
+def run_one(config: str, workload_name: str, data: Path, model: str, out: Path, result: Path) -> None:
+    """One configuration in this process; writes its Measurement (and estimates) as JSON."""
+    import torch
+
+    from bench.measure import Meter
+    from bench.runners import load_bench_processor, run_baseline, run_mmlora
+
+    workload = next(w for ws in WORKLOADS.values() for w in ws if w.name == workload_name)
+    cuda = workload.name != "cpu"
+    processor = load_bench_processor(workload, model)
+    meter = Meter(START, processor.pad_token_id, processor.image_token_id, workload.warmup_steps,
+                  workload.batch_size, cuda)
+    if config == "baseline":
+        run_baseline(workload, data, model, out, meter)
+        recipe = attn = None
+    else:
+        recipe, attn = run_mmlora(workload, data, model, out, meter, packing=config == "mmlora-packed")
+    m = meter.finish().to_json()
+    m["threads"] = torch.get_num_threads()
+    if cuda and recipe is not None:
+        m.update(estimates(recipe, m, attn))
+    result.write_text(json.dumps(m))
+
+
+def estimates(recipe, m: dict, attn: str) -> dict:
+    """Planner's peak memory for the widest batch seen, step time from a measured matmul rate, MFU."""
+    import torch
+
+    from mmlora.memory import PEAK_BF16_FLOPS, estimate_memory, measure_matmul_rate, meta_lora_model, training_flops
+
+    rows, width = m["widest"]
+    model, family = meta_lora_model(recipe, torch.bfloat16)
+    visual_per_row = m["visual_tokens"] / max(1, m["measured_steps"]) / max(1, rows)
+    estimate = estimate_memory(recipe, batch_size=rows, seq_len=width, visual_tokens=int(visual_per_row),
+                               model=model, dtype=torch.bfloat16, attn_implementation=attn,
+                               trained_tokens=m["most_trained"])
+    steps = max(1, m["measured_steps"])
+    mean_length = m["real_tokens"] / max(1, m["samples"])
+    patches = 4 * m["visual_tokens"] / steps  # 2x2 merge: 4 vision patches per visual token
+    useful = training_flops(model, family, m["real_tokens"] / steps, mean_length, patches)
+    done = training_flops(model, family, m["slots"] / steps, width, patches)
+    rate = measure_matmul_rate("cuda", torch.bfloat16)
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    step_s = statistics.mean(m["step_ms"]) / 1000
+    return {"estimated_peak_memory": estimate.total, "estimated_step_ms": 1000 * done / rate,
+            "matmul_tflops": rate / 1e12, "mfu": useful / step_s / peak if peak else None, "gpu": name}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next((int(line.split()[1]) // 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), 0)
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (f"{cpu}, {os.cpu_count()} cores, {memory} GiB RAM, GPU: {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {platform.system()} {platform.release()}")
+
+
+def _median(results: list[dict], key):
+    values = [key(r) for r in results if key(r) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(results: list[dict]) -> dict:
+    return {
+        "tokens_per_s": _median(results, lambda r: r["real_tokens"] / r["measured_seconds"]),
+        "samples_per_s": _median(results, lambda r: r["samples"] / r["measured_seconds"]),
+        "padding": _median(results, lambda r: 1 - r["real_tokens"] / r["slots"]),
+        "peak_gib": _median(results, lambda r: r["peak_memory"] / 2**30),
+        "first_step_s": _median(results, lambda r: r["time_to_first_step"]),
+        "step_ms": _median(results, lambda r: statistics.mean(r["step_ms"])),
+        "wait_ms": _median(results, lambda r: statistics.mean(r["data_wait_ms"])),
+        "mfu": _median(results, lambda r: r.get("mfu")),
+        "est_gib": _median(results, lambda r: r.get("estimated_peak_memory") and r["estimated_peak_memory"] / 2**30),
+        "est_step_ms": _median(results, lambda r: r.get("estimated_step_ms")),
+    }
+
+
+def table(workload, summaries: dict[str, dict], gpu: bool) -> str:
+    base = summaries["baseline"]
+    head = ("| configuration | tokens/s | x base | samples/s | x base | padding | peak memory (GiB) | x base "
+            "| first step (s) | step (ms) | data wait/step (ms) |")
+    sep = "|---" * 11 + "|"
+    if gpu:
+        head += " MFU | est. peak (GiB) | est. step (ms) |"
+        sep += "---|---|---|"
+    lines = [f"### {workload.name}: batch {workload.batch_size}, {workload.steps} steps "
+             f"({workload.warmup_steps} warm-up steps not timed), median of the rounds", "", head, sep]
+    for config, s in summaries.items():
+        row = (f"| {config} | {s['tokens_per_s']:.0f} | {s['tokens_per_s'] / base['tokens_per_s']:.2f} "
+               f"| {s['samples_per_s']:.1f} | {s['samples_per_s'] / base['samples_per_s']:.2f} "
+               f"| {100 * s['padding']:.1f}% | {s['peak_gib']:.2f} | {s['peak_gib'] / base['peak_gib']:.2f} "
+               f"| {s['first_step_s']:.1f} | {s['step_ms']:.0f} | {s['wait_ms']:.0f} |")
+        if gpu:
+            fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+            row += (f" {fmt(s['mfu'] and 100 * s['mfu'], '.1f')}% | {fmt(s['est_gib'], '.2f')} "
+                    f"| {fmt(s['est_step_ms'], '.0f')} |")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="cpu")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (alternating order)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the table")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's, one per core); "
+                        "1 keeps runs stable on a machine other processes share")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--workload-name", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_one(args.one, args.workload_name, args.data, args.model, args.run_dir, args.result)
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every run
+    from bench.workloads import write_data, write_model_dir
+
+    gpu = args.workload == "gpu"
+    sections, load = [], [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="mmlora-bench-") as tmp:
+        tmp = Path(tmp)
+        for workload in WORKLOADS[args.workload]:
+            data = write_data(tmp / workload.name, workload)
+            model = write_model_dir(tmp / f"{workload.name}-model", workload)
+            results = {config: [] for config in CONFIGS}
+            for round_ in range(args.rounds):
+                order = list(CONFIGS) if round_ % 2 == 0 else list(reversed(CONFIGS))
+                for config in order:
+                    result = tmp / f"{workload.name}-{config}-{round_}.json"
+                    print(f"[bench] {workload.name} round {round_ + 1}/{args.rounds}: {config}", flush=True)
+                    subprocess.run([sys.executable, __file__, "--one", config, "--workload-name", workload.name,
+                                    "--data", str(data), "--model", model, "--run-dir", str(tmp / "run"),
+                                    "--result", str(result)], check=True, cwd=ROOT)
+                    results[config].append(json.loads(result.read_text()))
+                    load.append(os.getloadavg()[0])
+            sections.append(table(workload, {c: summarize(r) for c, r in results.items()}, gpu))
+            threads = results["baseline"][0]["threads"]
+    report = "\n".join([
+        f"# mmlora benchmark: {args.workload} workload", "",
+        f"Machine: {machine()}; torch threads per run: {threads}; 1-minute load average during the runs: "
+        f"{min(load):.1f}-{max(load):.1f} (other processes shared the machine).", "",
+        f"Command: `python bench/run.py --workload {args.workload} --rounds {args.rounds}"
+        f"{f' --threads {args.threads}' if args.threads else ''}` "
+        f"({time.strftime('%Y-%m-%d')}). Configurations: "
+        + "; ".join(f"**{k}**: {v}" for k, v in CONFIGS.items()) + ". Columns: bench/README.md.", "",
+        *sections, "",
+    ])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.workload}.md"
+    path.write_text(report)
+    print(report)
+    print(f"[bench] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

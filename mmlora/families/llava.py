@@ -1,0 +1,172 @@
+"""LLaVA 1.5 and LLaVA-NeXT (1.6): a CLIP tower, a two-layer MLP projector, a Llama/Mistral decoder.
+
+LLaVA 1.5 turns every image into a fixed grid of visual tokens (576 at 336 px); LLaVA-NeXT
+("anyres") adds tiles at the best of its grid pinpoints, cropped back to the image's aspect
+ratio, plus one newline token per row. mmlora uses its own chat templates for both: the
+llava-hf templates close no assistant turn with an end-of-turn token, so the model could never
+learn where its answer ends.
+"""
+
+from __future__ import annotations
+
+from mmlora.families.base import Family, TinySpec, repeated
+
+IMAGE = "<image>"
+_TEXT_OF = (
+    "{% macro text_of(content) %}{% if content is string %}{{ content }}{% else %}"
+    "{% for part in content if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{% endif %}"
+    "{% endmacro %}"
+)
+_IMAGES_OF = (
+    "{% if message['content'] is not string %}{% for part in message['content'] "
+    "if part['type'] == 'image' %}<image>\n{% endfor %}{% endif %}"
+)
+
+# LLaVA 1.5 (Vicuna v1 conversation): "SYSTEM USER: <image>\nQ ASSISTANT: A</s>USER: ...".
+VICUNA_CHAT_TEMPLATE = (
+    _TEXT_OF + "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{{ text_of(messages[0]['content']) }}"
+    "{% else %}A chat between a curious human and an artificial intelligence assistant. The "
+    "assistant gives helpful, detailed, and polite answers to the human's questions.{% endif %} "
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: " + _IMAGES_OF +
+    "{{ text_of(message['content']) }} {% elif message['role'] == 'assistant' %}"
+    "ASSISTANT: {{ text_of(message['content']) }}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# LLaVA-NeXT on Mistral-7B-Instruct: "[INST] <image>\nQ [/INST] A</s>"; a system message goes
+# at the head of the first user turn (Mistral has no system role).
+MISTRAL_CHAT_TEMPLATE = (
+    _TEXT_OF + "{{ bos_token }}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}[INST] "
+    "{% if loop.index0 == 1 and messages[0]['role'] == 'system' %}"
+    "{{ text_of(messages[0]['content']) }}\n\n{% endif %}" + _IMAGES_OF +
+    "{{ text_of(message['content']) }} [/INST]{% elif message['role'] == 'assistant' %}"
+    " {{ text_of(message['content']) }}</s>{% endif %}{% endfor %}"
+)
+
+
+def _extra_class_token(config) -> int:
+    """'full' keeps CLIP's class token as a visual token; 'default' drops it."""
+    return 1 if config.vision_feature_select_strategy == "full" else 0
+
+
+def llava_image_tokens(image_processor, config, vision: dict, k: int):
+    """One <image> per vision patch of the (fixed-size) image k."""
+    height, width = vision["pixel_values"][k].shape[-2:]
+    patch = config.vision_config.patch_size
+    return repeated(IMAGE, (height // patch) * (width // patch) + _extra_class_token(config))
+
+
+def llava_next_image_tokens(image_processor, config, vision: dict, k: int):
+    """Base tile + anyres tiles cropped to the image's aspect ratio + one newline per row."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    orig_h, orig_w = (int(v) for v in vision["image_sizes"][k])
+    tile_h, tile_w = vision["pixel_values"].shape[-2:]
+    patch = config.vision_config.patch_size
+    best_h, best_w = select_best_resolution((orig_h, orig_w), image_processor.image_grid_pinpoints)
+    rows, cols = (tile_h // patch) * (best_h // tile_h), (tile_w // patch) * (best_w // tile_w)
+    # The grid is fitted to the image's aspect ratio; the padded margin is dropped evenly.
+    if orig_w / orig_h > cols / rows:
+        rows -= 2 * ((rows - int(round(orig_h * (cols / orig_w), 7))) // 2)
+    else:
+        cols -= 2 * ((cols - int(round(orig_w * (rows / orig_h), 7))) // 2)
+    base = (tile_h // patch) * (tile_w // patch) + _extra_class_token(config)
+    return repeated(IMAGE, rows * cols + rows + base)
+
+
+_LLAMA_TOKENS = ("<unk>", "<s>", "</s>", IMAGE, "<pad>")
+_LLAMA_ROLES = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
+
+
+def _tiny_llava_config(model_type: str, architecture: str, token_id, vocab_size: int, **extra) -> dict:
+    """Llama decoder (2 layers, hidden 64) + CLIP tower (2 layers, 56-px images, 14-px patches)."""
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "image_token_index": token_id(IMAGE),
+        "image_seq_length": 16,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+        **extra,
+        "text_config": {
+            "model_type": "llama",
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "initializer_range": 0.25,  # see qwen.py: lets the frozen lm_head's logits move
+            "bos_token_id": token_id("<s>"),
+            "eos_token_id": token_id("</s>"),
+            "pad_token_id": token_id("<pad>"),
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+            "projection_dim": 32,
+        },
+    }
+
+
+def tiny_llava_config(token_id, vocab_size: int) -> dict:
+    return _tiny_llava_config("llava", "LlavaForConditionalGeneration", token_id, vocab_size)
+
+
+def tiny_llava_next_config(token_id, vocab_size: int) -> dict:
+    return _tiny_llava_config("llava_next", "LlavaNextForConditionalGeneration", token_id, vocab_size,
+                              image_grid_pinpoints=_PINPOINTS)
+
+
+def _clip_image_processor():
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                 image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+
+
+def _llava_next_image_processor():
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    return LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                      image_grid_pinpoints=_PINPOINTS, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+
+
+def _processor_config(processor_class: str) -> dict:
+    return {"processor_class": processor_class, "image_token": IMAGE, "patch_size": 14,
+            "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
+
+
+_PATHS = dict(vision_tower="model.vision_tower", projector=("model.multi_modal_projector",),
+              language_model="model.language_model", image_token=IMAGE, turn_end="</s>")
+
+LLAVA = Family(
+    name="llava", model_types=("llava",), **_PATHS,
+    image_tokens=llava_image_tokens,
+    chat_template=VICUNA_CHAT_TEMPLATE,
+    tiny=TinySpec("tiny/llava", _LLAMA_TOKENS, _LLAMA_ROLES, VICUNA_CHAT_TEMPLATE, tiny_llava_config,
+                  _clip_image_processor, processor_config=_processor_config("LlavaProcessor")),
+)
+
+# LLaVA-NeXT's resolution is set by its grid pinpoints, which the model's config must match:
+# min/max_pixels do not apply (fixed_resolution, the default).
+LLAVA_NEXT = Family(
+    name="llava_next", model_types=("llava_next",), **_PATHS,
+    image_tokens=llava_next_image_tokens,
+    vision_inputs=("pixel_values", "image_sizes"),
+    chat_template=MISTRAL_CHAT_TEMPLATE,
+    tiny=TinySpec("tiny/llava-next", _LLAMA_TOKENS, _LLAMA_ROLES, MISTRAL_CHAT_TEMPLATE,
+                  tiny_llava_next_config, _llava_next_image_processor,
+                  processor_config=_processor_config("LlavaNextProcessor")),
+)

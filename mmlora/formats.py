@@ -1,0 +1,255 @@
+"""Row formats -> internal samples. Every format ends as the same chat (see mmlora.samples).
+
+- messages:  `{"messages": [{"role", "content"}...], "images": [...]}` (OpenAI / transformers
+  style; content a string with `<image>` tags or a list of image/text parts)
+- sharegpt:  `{"conversations": [{"from": "human"|"gpt", "value"}...], "image": ... | [...]}`
+  (LLaVA; `<image>` tags place the images)
+- caption:   `{"image", "caption"}` or `{"image", "captions": [...]}`
+- vqa:       `{"image", "question", "answer"}` or `{..., "answers": [...]}` (VQAv2: strings or
+  `{"answer": ...}` objects; the most common answer is trained)
+
+Images without any placeholder in the conversation go before the text of the first user turn,
+the order Qwen2-VL and LLaVA use. Text parts are stripped of surrounding whitespace, so the same
+content gives identical samples in every format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from mmlora.errors import MmloraError
+from mmlora.samples import (
+    RowError, Sample, assistant_turn, most_common_answer, system_turn, text_part, user_turn,
+)
+
+FIELDS = ("image", "images", "caption", "captions", "question", "answer", "answers",
+          "messages", "conversations", "system")
+"""The column names mmlora reads; data.column_map renames other columns onto these."""
+
+JSON_FIELDS = ("images", "captions", "answers", "messages", "conversations")
+"""Fields that hold lists; given as JSON text (e.g. a CSV cell) they are decoded."""
+IMAGE_TAG = re.compile(r"\n?<image>\n?")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+
+
+def parse_column_map(entries: list[str]) -> dict[str, str]:
+    """`["img=image", "q=question"]` -> `{"img": "image", "q": "question"}`, checked."""
+    mapping = {}
+    for entry in entries:
+        source, _, target = entry.partition("=")
+        source, target = source.strip(), target.strip()
+        if not source or not target:
+            raise MmloraError(f"data.column_map: '{entry}' is not of the form source=target.")
+        if target not in FIELDS:
+            raise MmloraError(f"data.column_map: '{entry}' maps onto '{target}', not one of {', '.join(FIELDS)}.")
+        mapping[source] = target
+    return mapping
+
+
+def detect_format(row: dict) -> str:
+    """The format of one row, from the fields it has."""
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "question" in row:
+        return "vqa"
+    if "caption" in row or "captions" in row:
+        return "caption"
+    if "answer" in row or "answers" in row:
+        raise RowError("missing_question", "the row has an answer but no 'question' field")
+    if "image" in row or "images" in row:
+        raise RowError("missing_answer", "the row has an image but no 'caption', 'question'/'answer', "
+                                         "'messages' or 'conversations' field")
+    raise RowError("bad_row", f"no known fields (got {sorted(row)[:8]}); rename columns with data.column_map")
+
+
+def row_to_samples(row, cfg, column_map: dict[str, str] | None = None, where: str = "",
+                   expand_captions: bool = False) -> list[Sample]:
+    """One raw row -> its samples: several for a caption row when expand_captions is set and
+    data.captions_per_image is `all`, else one. Image references are returned as found
+    (paths unresolved); raises RowError.
+    """
+    if not isinstance(row, dict):
+        raise RowError("bad_row", f"expected an object with named fields, got {type(row).__name__}")
+    # Columnar sources (Parquet, datasets) give every row every column: null means absent.
+    row = {column_map.get(key, key) if column_map else key: value for key, value in row.items() if value is not None}
+    row = _decode_json_strings(row)
+    kind = detect_format(row) if cfg.format == "auto" else cfg.format
+    if kind == "caption":
+        return caption_samples(row, cfg, where, expand_captions)
+    if kind == "vqa":
+        return [vqa_sample(row, cfg, where)]
+    if kind == "sharegpt":
+        row = sharegpt_to_messages(row)
+    return [messages_sample(row, cfg, where)]
+
+
+def _decode_json_strings(row: dict) -> dict:
+    """List fields stored as JSON text (a CSV cell `["a", "b"]`, a string column) are decoded."""
+    decoded = dict(row)
+    for name in JSON_FIELDS:
+        value = row.get(name)
+        if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+            try:
+                decoded[name] = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise RowError("malformed_json", f"field '{name}' is not valid JSON ({err.msg})") from None
+    return decoded
+
+
+def _image_list(row: dict, *names: str) -> list:
+    for name in names:
+        value = row.get(name)
+        if value is None:
+            continue
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    return []
+
+
+def _clean_texts(values, field_name: str) -> list[str]:
+    if values is None:
+        raise RowError("missing_answer", f"field '{field_name}' is missing")
+    if not isinstance(values, list):
+        values = [values]
+    if not values:
+        raise RowError("missing_answer", f"field '{field_name}' is an empty list")
+    texts = [v.get("answer") if isinstance(v, dict) else v for v in values]
+    if not all(isinstance(t, str) for t in texts):
+        raise RowError("bad_row", f"field '{field_name}' must hold strings, got {values[:3]!r}")
+    texts = [t.strip() for t in texts]
+    if not any(texts):
+        raise RowError("empty_answer", f"field '{field_name}' is empty")
+    return [t for t in texts if t]
+
+
+def _with_system(messages: list[dict], cfg) -> list[dict]:
+    if cfg.system_prompt and not (messages and messages[0]["role"] == "system"):
+        return [system_turn(cfg.system_prompt)] + messages
+    return messages
+
+
+def _flat_images(row: dict) -> list:
+    images = _image_list(row, "image", "images")
+    if not images:
+        raise RowError("bad_row", "field 'image' is missing (flat caption/VQA rows need an image)")
+    return images
+
+
+def caption_samples(row: dict, cfg, where: str, expand: bool) -> list[Sample]:
+    """A captioning row: the recipe's caption prompt, then one caption as the answer.
+
+    `captions_per_image: random` keeps one sample whose answer is drawn from `answer_options`
+    each epoch; `all` gives one sample per caption when `expand` (training).
+    """
+    images = _flat_images(row)
+    name = "captions" if row.get("captions") is not None else "caption"
+    captions = _clean_texts(row.get(name), name)
+    prompt = user_turn(cfg.caption_prompt, n_images=len(images))
+    if expand and cfg.captions_per_image == "all":
+        return [Sample(images, _with_system([prompt, assistant_turn(c)], cfg), where, captions) for c in captions]
+    options = captions if cfg.captions_per_image == "random" and len(captions) > 1 else []
+    return [Sample(images, _with_system([prompt, assistant_turn(captions[0])], cfg), where, captions, options)]
+
+
+def vqa_sample(row: dict, cfg, where: str) -> Sample:
+    """A VQA row: the question (through data.question_template) and the most common answer."""
+    images = _flat_images(row)
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise RowError("missing_question", f"field 'question' must be a non-empty string, got {question!r}")
+    name = "answers" if row.get("answers") is not None else "answer"
+    answers = _clean_texts(row.get(name), name)
+    prompt = cfg.question_template.replace("{question}", question.strip())
+    messages = _with_system([user_turn(prompt, n_images=len(images)), assistant_turn(most_common_answer(answers))], cfg)
+    return Sample(images, messages, where, answers)
+
+
+def sharegpt_to_messages(row: dict) -> dict:
+    """LLaVA / ShareGPT `conversations` -> the messages format (content keeps its `<image>` tags)."""
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise RowError("bad_row", "field 'conversations' must be a list of {from, value} objects")
+    messages = [{"role": "system", "content": row["system"]}] if isinstance(row.get("system"), str) else []
+    for i, turn in enumerate(turns):
+        role = SHAREGPT_ROLES.get(str(turn.get("from", turn.get("role", ""))).lower())
+        if role is None:
+            raise RowError("bad_row", f"conversations[{i}].from is {turn.get('from')!r}, expected human or gpt")
+        messages.append({"role": role, "content": turn.get("value", turn.get("content"))})
+    return {"messages": messages, "images": _image_list(row, "image", "images")}
+
+
+def _split_image_tags(text: str) -> list[dict]:
+    pieces = IMAGE_TAG.split(text)
+    parts = [text_part(pieces[0])]
+    for piece in pieces[1:]:
+        parts += [{"type": "image"}, text_part(piece)]
+    return parts
+
+
+def _parts(content, where: str, inline: list) -> list[dict]:
+    """Content -> image/text parts; image references carried inside parts go to `inline`."""
+    if isinstance(content, str):
+        raw = _split_image_tags(content)
+    elif isinstance(content, list):
+        raw = content
+    else:
+        raise RowError("bad_row", f"{where}.content must be a string or a list of parts, got {content!r}")
+    parts = []
+    for part in raw:
+        if not isinstance(part, dict):
+            raise RowError("bad_row", f"{where}.content has a part that is not an object: {part!r}")
+        kind = part.get("type") or ("image" if "image" in part else "text")
+        if kind in ("image", "image_url"):
+            ref = part.get("image") or part.get("path") or part.get("url") or part.get("image_url")
+            if isinstance(ref, dict):
+                ref = ref.get("url")
+            if ref is not None:
+                inline.append(ref)
+            parts.append({"type": "image"})
+        elif kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RowError("bad_row", f"{where}.content has a text part without text: {part!r}")
+            if text.strip():
+                parts.append(text_part(text.strip()))
+        else:
+            raise RowError("bad_row", f"{where}.content has a part of type {kind!r} (only image and text)")
+    return parts
+
+
+def messages_sample(row: dict, cfg, where: str) -> Sample:
+    """A messages row: roles checked, contents turned into parts, images matched to placeholders."""
+    raw = row.get("messages")
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise RowError("bad_row", "field 'messages' must be a list of {role, content} objects")
+    inline, messages = [], []
+    for i, message in enumerate(raw):
+        role = message.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise RowError("bad_row", f"messages[{i}].role is {role!r}, expected system, user or assistant")
+        parts = _parts(message.get("content"), f"messages[{i}]", inline)
+        if role == "assistant" and any(p["type"] == "image" for p in parts):
+            raise RowError("bad_row", f"messages[{i}] is an assistant turn with an image; images belong in user turns")
+        if role == "assistant" and not parts:
+            raise RowError("empty_answer", f"messages[{i}] is an empty assistant turn")
+        messages.append({"role": role, "content": parts})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("missing_answer", "field 'messages' has no assistant turn")
+    images = _image_list(row, "images", "image")
+    if inline and images:
+        raise RowError("bad_row", "images are given both inside the messages and in 'images'; use one")
+    images = images or inline
+    placeholders = sum(p["type"] == "image" for m in messages for p in m["content"])
+    if placeholders == 0 and images:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise RowError("bad_row", "the row has images but no user turn to put them in")
+        first_user["content"] = [{"type": "image"} for _ in images] + first_user["content"]
+    elif placeholders != len(images):
+        raise RowError("image_mismatch", f"{placeholders} image placeholder(s) but {len(images)} image(s)")
+    last_answer = [m for m in messages if m["role"] == "assistant"][-1]
+    references = [" ".join(p["text"] for p in last_answer["content"])]
+    return Sample(images, _with_system(messages, cfg), where, references)
