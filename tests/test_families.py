@@ -51,6 +51,9 @@ def load_tiny(name, max_pixels=None):
 
 def test_every_family_has_a_tiny_twin_and_a_tiny_recipe():
     assert set(CASES) == set(FAMILY_NAMES)
+    assert len(set(FAMILIES)) == len(FAMILIES)  # hashable, distinct
+    model_types = [t for f in FAMILIES for t in f.model_types]
+    assert len(model_types) == len(set(model_types))  # detection is unambiguous
     assert {c[0] for c in CASES.values()} == set(TINY_MODELS)
     shipped = {p.stem for p in shipped_recipes()}
     assert {c[1] for c in CASES.values()} <= shipped

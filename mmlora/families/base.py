@@ -42,7 +42,7 @@ def repeated(token: str, count: int) -> ImageTokens:
     return ImageTokens(count, token * count)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: its dict fields are not hashable
 class TinySpec:
     """How a family's offline tiny twin is built: random weights from a small config plus a real
     processor (byte-level BPE tokenizer with the family's special tokens, its chat template, its
