@@ -17,6 +17,8 @@ class Measurement:
     steps: int = 0
     measured_steps: int = 0
     measured_seconds: float = 0.0
+    measured_cpu_seconds: float = 0.0
+    """CPU time of the training process over the same steps (all its threads; not its workers)."""
     real_tokens: int = 0
     slots: int = 0
     visual_tokens: int = 0
@@ -49,7 +51,7 @@ class Meter(TrainerCallback):
         self.memory = None if cuda else PssSampler()
         self.start, self.pad_id, self.visual_id, self.warmup = start, pad_id, visual_id, warmup
         self.batch_size, self.cuda = batch_size, cuda
-        self.step_start = self.last_end = self.window_start = None
+        self.step_start = self.last_end = self.window_start = self.window_cpu = None
         self._counting = False
 
     def _sync(self) -> float:
@@ -93,12 +95,13 @@ class Meter(TrainerCallback):
         if self.m.steps == 1:
             self.m.time_to_first_step = now - self.start
         if self.m.steps == self.warmup:
-            self.window_start = now
+            self.window_start, self.window_cpu = now, time.process_time()
         elif self.m.steps > self.warmup:
             self.m.step_ms.append(1000 * (now - self.step_start))
             self.m.measured_steps += 1
             self.m.samples += self.batch_size
             self.m.measured_seconds = now - self.window_start
+            self.m.measured_cpu_seconds = time.process_time() - self.window_cpu
         self.last_end = now
 
     def on_log(self, args, state, control, logs=None, **kwargs):

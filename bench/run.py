@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.workloads import WORKLOADS  # noqa: E402
 
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+"""Dense bf16 tensor-core peak FLOP/s by GPU name (datasheets, without sparsity), for MFU."""
+
 CONFIGS = {
     "baseline": "HF Trainer + PEFT, padded batches (bench/README.md)",
     "mmlora": "mmlora, length-grouped batches",
@@ -42,48 +45,51 @@ def run_one(config: str, workload_name: str, data: Path, model: str, out: Path, 
     import torch
 
     from bench.measure import Meter
-    from bench.runners import load_bench_processor, run_baseline, run_mmlora
+    from bench.runners import load_bench_processor, mmlora_recipe, run_baseline, run_mmlora
 
     workload = next(w for ws in WORKLOADS.values() for w in ws if w.name == workload_name)
-    cuda = workload.name != "cpu"
+    cuda = not workload.on_cpu
     processor = load_bench_processor(workload, model)
     meter = Meter(START, processor.pad_token_id, processor.image_token_id, workload.warmup_steps,
                   workload.batch_size, cuda)
     if config == "baseline":
         run_baseline(workload, data, model, out, meter)
-        recipe = attn = None
+        recipe, attn = mmlora_recipe(workload, data, model, out, packing=False), None  # describes the model
     else:
         recipe, attn = run_mmlora(workload, data, model, out, meter, packing=config == "mmlora-packed")
     m = meter.finish().to_json()
     m["threads"] = torch.get_num_threads()
-    if cuda and recipe is not None:
+    if cuda:
         m.update(estimates(recipe, m, attn))
     result.write_text(json.dumps(m))
 
 
-def estimates(recipe, m: dict, attn: str) -> dict:
-    """Planner's peak memory for the widest batch seen, step time from a measured matmul rate, MFU."""
+def estimates(recipe, m: dict, attn: str | None) -> dict:
+    """MFU; for mmlora's runs (attn given) also the planner's peak memory for the widest batch
+    seen and the step time at a measured matmul rate."""
     import torch
 
-    from mmlora.memory import PEAK_BF16_FLOPS, estimate_memory, measure_matmul_rate, meta_lora_model, training_flops
+    from mmlora.memory import estimate_memory, measure_matmul_rate, meta_lora_model, training_flops
 
     rows, width = m["widest"]
     model, family = meta_lora_model(recipe, torch.bfloat16)
-    visual_per_row = m["visual_tokens"] / max(1, m["measured_steps"]) / max(1, rows)
-    estimate = estimate_memory(recipe, batch_size=rows, seq_len=width, visual_tokens=int(visual_per_row),
-                               model=model, dtype=torch.bfloat16, attn_implementation=attn,
-                               trained_tokens=m["most_trained"])
     steps = max(1, m["measured_steps"])
     mean_length = m["real_tokens"] / max(1, m["samples"])
     patches = 4 * m["visual_tokens"] / steps  # 2x2 merge: 4 vision patches per visual token
     useful = training_flops(model, family, m["real_tokens"] / steps, mean_length, patches)
-    done = training_flops(model, family, m["slots"] / steps, width, patches)
-    rate = measure_matmul_rate("cuda", torch.bfloat16)
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    step_s = statistics.mean(m["step_ms"]) / 1000
-    return {"estimated_peak_memory": estimate.total, "estimated_step_ms": 1000 * done / rate,
-            "matmul_tflops": rate / 1e12, "mfu": useful / step_s / peak if peak else None, "gpu": name}
+    wall_step = m["measured_seconds"] / steps  # data waits included
+    out = {"mfu": useful / wall_step / peak if peak else None, "gpu": name}
+    if attn is None:
+        return out
+    estimate = estimate_memory(recipe, batch_size=rows, seq_len=width, visual_tokens=int(m["visual_tokens"] / steps / rows),
+                               model=model, dtype=torch.bfloat16, attn_implementation=attn,
+                               trained_tokens=m["most_trained"])
+    rate = measure_matmul_rate("cuda", torch.bfloat16)
+    done = training_flops(model, family, m["slots"] / steps, width, patches)
+    return {**out, "estimated_peak_memory": estimate.total, "estimated_step_ms": 1000 * done / rate,
+            "matmul_tflops": rate / 1e12}
 
 
 def machine() -> str:
@@ -107,38 +113,50 @@ def summarize(results: list[dict]) -> dict:
     return {
         "tokens_per_s": _median(results, lambda r: r["real_tokens"] / r["measured_seconds"]),
         "samples_per_s": _median(results, lambda r: r["samples"] / r["measured_seconds"]),
+        "tokens_per_cpu_s": _median(results, lambda r: r["real_tokens"] / r["measured_cpu_seconds"]),
+        "rounds": [round(r["real_tokens"] / r["measured_seconds"]) for r in results],
         "padding": _median(results, lambda r: 1 - r["real_tokens"] / r["slots"]),
-        "peak_gib": _median(results, lambda r: r["peak_memory"] / 2**30),
+        "peak_mib": _median(results, lambda r: r["peak_memory"] / 2**20),
         "first_step_s": _median(results, lambda r: r["time_to_first_step"]),
         "step_ms": _median(results, lambda r: statistics.mean(r["step_ms"])),
         "wait_ms": _median(results, lambda r: statistics.mean(r["data_wait_ms"])),
         "mfu": _median(results, lambda r: r.get("mfu")),
-        "est_gib": _median(results, lambda r: r.get("estimated_peak_memory") and r["estimated_peak_memory"] / 2**30),
+        "est_mib": _median(results, lambda r: r.get("estimated_peak_memory") and r["estimated_peak_memory"] / 2**20),
         "est_step_ms": _median(results, lambda r: r.get("estimated_step_ms")),
     }
 
 
 def table(workload, summaries: dict[str, dict], gpu: bool) -> str:
     base = summaries["baseline"]
-    head = ("| configuration | tokens/s | x base | samples/s | x base | padding | peak memory (GiB) | x base "
-            "| first step (s) | step (ms) | data wait/step (ms) |")
-    sep = "|---" * 11 + "|"
+    head = ("| configuration | tokens/s | x base | samples/s | x base | tokens/CPU-s | x base | padding "
+            "| peak memory (MiB) | x base | first step (s) | step (ms) | data wait/step (ms) |")
+    sep = "|---" * 13 + "|"
     if gpu:
-        head += " MFU | est. peak (GiB) | est. step (ms) |"
+        head += " MFU (%) | est. peak (MiB) | est. step (ms) |"
         sep += "---|---|---|"
+    checkpointing = "on" if workload.gradient_checkpointing else "off"
     lines = [f"### {workload.name}: batch {workload.batch_size}, {workload.steps} steps "
-             f"({workload.warmup_steps} warm-up steps not timed), median of the rounds", "", head, sep]
+             f"({workload.warmup_steps} warm-up steps not timed), gradient checkpointing {checkpointing}, "
+             "median of the rounds", "", head, sep]
     for config, s in summaries.items():
         row = (f"| {config} | {s['tokens_per_s']:.0f} | {s['tokens_per_s'] / base['tokens_per_s']:.2f} "
                f"| {s['samples_per_s']:.1f} | {s['samples_per_s'] / base['samples_per_s']:.2f} "
-               f"| {100 * s['padding']:.1f}% | {s['peak_gib']:.2f} | {s['peak_gib'] / base['peak_gib']:.2f} "
+               f"| {s['tokens_per_cpu_s']:.0f} | {s['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f} "
+               f"| {100 * s['padding']:.1f}% | {s['peak_mib']:.0f} | {s['peak_mib'] / base['peak_mib']:.2f} "
                f"| {s['first_step_s']:.1f} | {s['step_ms']:.0f} | {s['wait_ms']:.0f} |")
         if gpu:
             fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-            row += (f" {fmt(s['mfu'] and 100 * s['mfu'], '.1f')}% | {fmt(s['est_gib'], '.2f')} "
+            row += (f" {fmt(s['mfu'] and 100 * s['mfu'], '.1f')} | {fmt(s['est_mib'], '.0f')} "
                     f"| {fmt(s['est_step_ms'], '.0f')} |")
         lines.append(row)
+    lines += ["", "tokens/s of each round: " + "; ".join(f"{c} {s['rounds']}" for c, s in summaries.items())]
     return "\n".join(lines)
+
+
+def shared_note(load: list[float]) -> str:
+    """Say so when the load average shows other processes competing for the cores."""
+    busy = max(load) > (os.cpu_count() or 1)
+    return " (above the core count: other processes shared the machine)" if busy else ""
 
 
 def main() -> int:
@@ -187,7 +205,7 @@ def main() -> int:
     report = "\n".join([
         f"# mmlora benchmark: {args.workload} workload", "",
         f"Machine: {machine()}; torch threads per run: {threads}; 1-minute load average during the runs: "
-        f"{min(load):.1f}-{max(load):.1f} (other processes shared the machine).", "",
+        f"{min(load):.1f}-{max(load):.1f}{shared_note(load)}.", "",
         f"Command: `python bench/run.py --workload {args.workload} --rounds {args.rounds}"
         f"{f' --threads {args.threads}' if args.threads else ''}` "
         f"({time.strftime('%Y-%m-%d')}). Configurations: "

@@ -27,7 +27,7 @@ def build_model(workload: Workload, model_name: str, device: str):
     """The workload's model with its seeded random weights (cpu: the tiny model; gpu: 2B, bf16)."""
     import torch
 
-    if workload.name == "cpu":
+    if workload.on_cpu:
         from mmlora.tiny import build_tiny_model
 
         return build_tiny_model(model_name)
@@ -55,7 +55,7 @@ def run_baseline(workload: Workload, data_path: Path, model_name: str, out_dir: 
     from mmlora.collate import IGNORE_INDEX, pad_batch
     from mmlora.processor import stack_vision
 
-    device = "cuda" if workload.name != "cpu" else "cpu"
+    device = "cpu" if workload.on_cpu else "cuda"
     processor = load_bench_processor(workload, model_name)
     model = build_model(workload, model_name, device)
     lora = LoraConfig(r=workload.lora_r, lora_alpha=2 * workload.lora_r, lora_dropout=0.05,
@@ -97,7 +97,7 @@ def mmlora_recipe(workload: Workload, data_path: Path, model_name: str, out_dir:
     overrides = [f"{key}={value}" for key, value in workload.mmlora_options.items()]
     return recipe_from_dict({
         "task": "vqa",
-        "model": {"name": model_name, "dtype": "float32" if workload.name == "cpu" else "bfloat16",
+        "model": {"name": model_name, "dtype": "float32" if workload.on_cpu else "bfloat16",
                   "min_pixels": 56 * 56, "max_pixels": workload.max_pixels},
         "lora": {"r": workload.lora_r, "alpha": 2 * workload.lora_r, "dropout": 0.05},
         "data": {"train": str(data_path), "max_length": workload.max_length,
@@ -116,7 +116,7 @@ def run_mmlora(workload: Workload, data_path: Path, model_name: str, out_dir: Pa
 
     recipe = mmlora_recipe(workload, data_path, model_name, out_dir, packing)
     loaded = None
-    if workload.name != "cpu":  # the 2B architecture with random weights: built, not loaded
+    if not workload.on_cpu:  # the 2B architecture with random weights: built, not loaded
         from mmlora.families import QWEN2_VL
 
         model = build_model(workload, model_name, "cuda")

@@ -111,11 +111,13 @@ def preview_samples(recipe, n: int = 3, split: str = "train", processor=None) ->
         raise MmloraError(f"The recipe has no data.{split}.")
     cfg = recipe.data
     scan = scan_split(path, cfg, processor, split, expand_captions=split == "train", progress=False, limit=n)
-    image_run = re.compile(f"(?:{re.escape(processor.family.image_token)})+")
+    # The token repeated once per visual feature (Gemma 3's differs from its image marker).
+    feature = processor.family.feature_token
+    feature_run = re.compile(f"(?:{re.escape(feature)})+")
 
     def decode(ids: list[int]) -> str:
         text = processor.decode(ids, skip_special_tokens=False)
-        return image_run.sub(lambda m: f"{processor.family.image_token}x{len(m.group()) // len(processor.family.image_token)}", text)
+        return feature_run.sub(lambda m: f"{feature}x{len(m.group()) // len(feature)}", text)
 
     items = []
     for sample, counts in zip(scan.samples[:n], scan.image_tokens):

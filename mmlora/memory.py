@@ -19,9 +19,10 @@ Memory is the sum of what stays allocated through a training step plus what the 
 A frozen vision tower keeps nothing for backward (mmlora/frozen_vision.py); its transient
 working memory is small next to the rest and is left out.
 
-Step time is the step's FLOPs divided by a measured FLOP rate (`measure_matmul_rate`): a lower
-bound that ignores attention kernels' and element-wise ops' lower efficiency and data waits;
-the benchmark reports it next to the measured time.
+Step time: `training_flops` counts a step's FLOPs; divided by a measured FLOP rate (the
+benchmark times a bf16 matmul on the GPU) it gives a lower bound on the step time, which
+ignores attention kernels' and element-wise ops' lower efficiency and data waits; the benchmark
+reports it next to the measured time.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from mmlora.config import Recipe
 
 LOSS_BYTES_PER_LOGIT = 12
 """fp32 log-softmax output + its gradient + the gradient of the fp32 logits, all alive at once."""
-
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-"""Dense bf16 tensor-core peak FLOP/s by GPU name (datasheets, without sparsity), for MFU."""
 
 
 @dataclass
@@ -125,7 +123,8 @@ def saved_activations(model, family, batch_size: int, seq_len: int, compute_dtyp
     dtype = compute_dtype or next(text.parameters()).dtype
     embeds = torch.empty(batch_size, seq_len, text.config.hidden_size, device="meta", dtype=dtype, requires_grad=True)
     mask = torch.ones(batch_size, 1, seq_len, seq_len, dtype=torch.bool, device="meta") if masked else None
-    attn = text.config._attn_implementation
+    attn, training = text.config._attn_implementation, text.training
+    text.train()  # dropout keeps its masks only in training mode
     with ExitStack() as stack:
         kernel = stack.enter_context(_emulate_cuda_training(compute_dtype))
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
@@ -134,6 +133,7 @@ def saved_activations(model, family, batch_size: int, seq_len: int, compute_dtyp
             text(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         finally:
             text.config._attn_implementation = attn
+            text.train(training)
             for hook in hooks:
                 hook.remove()
     per_kernel = kernel[0] // max(1, len(text.layers))
@@ -186,10 +186,12 @@ def estimate_memory(recipe: Recipe, batch_size: int | None = None, seq_len: int 
     seq_len = seq_len or recipe.data.max_length
     checkpointing = recipe.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     dtype = dtype or getattr(torch, recipe.model.dtype if recipe.model.dtype != "auto" else "bfloat16")
-    family = None
     if model is None:
         model, family = meta_lora_model(recipe, dtype)
-    family = family or _family_of(model)
+    else:
+        from mmlora.families import family_for_model_type
+
+        family = family_for_model_type(model.get_base_model().config.model_type)
     trainable = [p for p in model.parameters() if p.requires_grad]
     per_layer, outside = saved_activations(
         model, family, batch_size, seq_len, compute_dtype=dtype,
@@ -211,13 +213,6 @@ def estimate_memory(recipe: Recipe, batch_size: int | None = None, seq_len: int 
         projector=_projector_bytes(model, family, visual_tokens * batch_size, dtype),
         batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=checkpointing,
     )
-
-
-def _family_of(model):
-    from mmlora.families import family_for_model_type
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return family_for_model_type(base.config.model_type)
 
 
 def _weights_bytes(model, recipe: Recipe) -> int:
@@ -282,13 +277,12 @@ def training_flops(model, family, tokens: int, seq_len: int, vision_patches: int
 
 
 def measure_matmul_rate(device: str, dtype, m: int = 4096, n: int = 4096, k: int = 4096, repeats: int = 10) -> float:
-    """Achieved FLOP/s of an (m x k) @ (k x n) matmul on `device` (timed after a warm-up)."""
+    """Achieved FLOP/s of an (m x k) @ (k x n) matmul on `device`, timed after a warm-up."""
     import time
 
     import torch
 
-    a = torch.randn(m, k, device=device, dtype=dtype)
-    b = torch.randn(k, n, device=device, dtype=dtype)
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     if device == "cuda":
@@ -299,6 +293,21 @@ def measure_matmul_rate(device: str, dtype, m: int = 4096, n: int = 4096, k: int
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * m * n * k * repeats / (time.perf_counter() - start)
+
+
+def format_step_time(recipe: Recipe, model, family, visual_tokens: int) -> str:
+    """FLOPs of a step at the recipe's batch x max_length and, on a GPU, the time they take at
+    its measured bf16 matmul rate (a lower bound: see the module docstring)."""
+    import torch
+
+    tokens = recipe.train.batch_size * recipe.data.max_length
+    patches = recipe.train.batch_size * visual_tokens * family.merge_size**2
+    flops = training_flops(model, family, tokens, recipe.data.max_length, patches)
+    line = f"  training FLOPs per step: {flops / 1e12:.3g} TFLOP"
+    if not torch.cuda.is_available():
+        return line + " (run `mmlora plan` on the GPU machine for a step time from its measured FLOP rate)"
+    rate = measure_matmul_rate("cuda", torch.bfloat16)
+    return line + f"; at this GPU's measured {rate / 1e12:.0f} TFLOP/s: at least {1000 * flops / rate:.0f} ms per step"
 
 
 def _size(n: float) -> str:

@@ -138,13 +138,29 @@ class PackingCollator:
         lengths = [len(e.input_ids) for e in examples]
         varlen = self.attn_implementation == VARLEN
         rows = [list(range(len(examples)))] if varlen else plan_rows(lengths, max(lengths))
-        width = max(sum(lengths[i] for i in row) for row in rows)
-        shape = (len(rows), width)
+        input_ids, labels, segments, positions = self._fill(examples, rows, lengths)
+        # use_cache=False: no KV cache in training; transformers also only reads packed position
+        # ids as sample boundaries (SDPA without a mask) when no cache is passed.
+        batch = {"input_ids": input_ids, "labels": labels, "use_cache": False, "position_ids": positions,
+                 **self.processor.text_inputs(input_ids, (segments >= 0).long(), labels)}
+        if not varlen:
+            eager = self.attn_implementation == "eager"
+            batch["attention_mask"] = block_causal_mask(segments, (self.mask_dtype or torch.float32) if eager else None)
+        order = [i for row in rows for i in row]  # image features fill image tokens row by row
+        batch.update(stack_vision([examples[i].vision_inputs for i in order if examples[i].vision_inputs]))
+        return batch
+
+    def _fill(self, examples, rows, lengths):
+        """Token ids, labels, segment ids (-1: padding) and position ids of the packed rows."""
+        import torch
+
+        shape = (len(rows), max(sum(lengths[i] for i in row) for row in rows))
         input_ids = torch.full(shape, self.processor.pad_token_id, dtype=torch.long)
         labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-        segments = torch.full(shape, -1, dtype=torch.long)  # -1: padding, a segment of its own
-        text_positions = torch.arange(width).repeat(len(rows), 1)
+        segments = torch.full(shape, -1, dtype=torch.long)
+        text = torch.zeros(shape, dtype=torch.long)
         mrope = torch.zeros(3, *shape, dtype=torch.long) if _uses_mrope(self.processor) else None
+        image_id, merge = self.processor.image_token_id, self.processor.family.merge_size
         for r, row in enumerate(rows):
             start = 0
             for index in row:
@@ -153,28 +169,16 @@ class PackingCollator:
                 labels[r, start:end] = torch.tensor(example.labels)
                 labels[r, start] = IGNORE_INDEX  # predicted from the previous sample: never trained
                 segments[r, start:end] = index
-                text_positions[r, start:end] = torch.arange(lengths[index])
+                text[r, start:end] = torch.arange(lengths[index])
                 if mrope is not None:
-                    types = [int(t == self.processor.image_token_id) for t in example.input_ids]
-                    grids = example.vision_inputs.get("image_grid_thw")
-                    mrope[:, r, start:end] = mrope_positions(types, grids, self.processor.family.merge_size)
+                    types = [int(t == image_id) for t in example.input_ids]
+                    mrope[:, r, start:end] = mrope_positions(types, example.vision_inputs.get("image_grid_thw"), merge)
                 start = end
-            text_positions[r, start:] = torch.arange(width - start)  # padding restarts at 0
+            text[r, start:] = torch.arange(shape[1] - start)  # padding restarts at 0: a segment of its own
             if mrope is not None:
-                mrope[:, r, start:] = text_positions[r, start:]
-        real = (segments >= 0).long()
-        # use_cache=False: no KV cache in training; transformers also only reads packed position
-        # ids as sample boundaries (SDPA without a mask) when no cache is passed.
-        batch = {"input_ids": input_ids, "labels": labels, "use_cache": False,
-                 **self.processor.text_inputs(input_ids, real, labels)}
-        batch["position_ids"] = text_positions if mrope is None else torch.cat([text_positions[None], mrope])
-        if not varlen:
-            eager = self.attn_implementation == "eager"
-            batch["attention_mask"] = block_causal_mask(segments, (self.mask_dtype or torch.float32) if eager else None)
-        order = [i for row in rows for i in row]  # image features fill image tokens row by row
-        batch.update(stack_vision([examples[i].vision_inputs for i in order if examples[i].vision_inputs]))
-        return batch
-
+                mrope[:, r, start:] = text[r, start:]
+        positions = text if mrope is None else torch.cat([text[None], mrope])  # Qwen-VL: text row first
+        return input_ids, labels, segments, positions
 
 
 def training_collator(processor: ImageTextProcessor, recipe, model):

@@ -136,15 +136,15 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
 def memory_section(recipe: Recipe, plan: Plan) -> str:
     """Peak GPU memory per device at the recipe's batch and max_length, without and with
     gradient checkpointing (mmlora/memory.py)."""
-    from mmlora.memory import estimate_memory, format_estimate, meta_lora_model
+    from mmlora.memory import estimate_memory, format_estimate, format_step_time, meta_lora_model
 
     visual = next((n for label, n in plan.visual_tokens if "max_pixels" in label), 0)
-    model, _ = meta_lora_model(recipe, _dtype(recipe))
+    model, family = meta_lora_model(recipe, _dtype(recipe))
     estimates = [estimate_memory(recipe, visual_tokens=visual, gradient_checkpointing=ckpt, model=model)
                  for ckpt in (False, True)]
     return ("peak GPU memory per device (estimate; rows padded to data.max_length, logits for every "
             "token: an upper bound):\n") + "\n".join(
-        format_estimate(e) for e in estimates)
+        format_estimate(e) for e in estimates) + "\n" + format_step_time(recipe, model, family, visual)
 
 
 def _dtype(recipe: Recipe):

@@ -23,7 +23,7 @@ from mmlora.checkpoints import (
     find_checkpoint,
     prepare_output_dir,
 )
-from mmlora.collate import TrainingCollator, encode_for_training, generation_batch
+from mmlora.collate import encode_for_training, generation_batch
 from mmlora.config import Recipe, save_recipe
 from mmlora.data import Sample
 from mmlora.datascan import prepare_training_data
@@ -147,8 +147,9 @@ def dummy_vision_batch(processor) -> dict:
 
     from mmlora.data import user_turn
 
-    side = max(28, int(processor.image_processor.size["shortest_edge"] ** 0.5))
-    sample = Sample([Image.new("RGB", (side, side))], [user_turn("")], "dummy")
+    # 56 px: every family's image processor resizes it to its own minimum (Qwen-VL's min_pixels,
+    # LLaVA's crop, Idefics3's tile), so one size fits all and the batch stays small.
+    sample = Sample([Image.new("RGB", (56, 56))], [user_turn("")], "dummy")
     return generation_batch(processor, [sample])
 
 

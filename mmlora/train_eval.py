@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 from mmlora.config import Recipe, save_recipe
 from mmlora.data import load_samples
 from mmlora.errors import MmloraError
+from mmlora.lora import save_adapter
 from mmlora.metrics.task import score_task
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class TrainingEvaluation(TrainerCallback):
         """Write the adapter to best.tmp, then swap it in for best/ (never a half-written best/)."""
         staged, final, old = out / "best.tmp", out / "best", out / "best.old"
         shutil.rmtree(staged, ignore_errors=True)
-        model.save_pretrained(staged, safe_serialization=True, save_embedding_layers=False)
+        save_adapter(model, staged)  # PiSSA/OLoRA converted to plain LoRA, as for the final adapter
         self.processor.save_pretrained(staged)
         save_recipe(self.recipe, staged / "recipe.yaml")
         (staged / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")

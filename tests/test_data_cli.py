@@ -123,6 +123,17 @@ def test_data_command_errors_and_single_recipe_shape(capsys):
     assert item["trained"] == ["red" + END] and item["num_tokens"] <= 64
 
 
+
+@pytest.mark.parametrize(("recipe", "collapsed"), [("tiny_gemma3_vqa", "<image_soft_token>x4"),
+                                                    ("tiny_vqa", "<|image_pad|>x20")])
+def test_preview_collapses_the_visual_feature_run(capsys, recipe, collapsed):
+    """Gemma 3 repeats a feature token that differs from its image marker: both collapse."""
+    from mmlora.cli import main
+
+    assert main(["data", "preview", recipe, "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert collapsed in out and collapsed.split("x")[0] * 2 not in out
+
 def test_check_and_preview_never_load_weights(monkeypatch):
     import transformers
 

@@ -85,3 +85,4 @@ def test_plan_prints_the_memory_estimate(capsys):
     out = capsys.readouterr().out
     assert "peak GPU memory per device" in out
     assert "without gradient checkpointing" in out and "with gradient checkpointing" in out
+    assert "training FLOPs per step" in out

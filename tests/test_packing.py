@@ -170,3 +170,16 @@ def test_packing_refuses_families_with_non_causal_attention():
     processor = load_data_processor(ModelConfig(name="tiny/gemma3"))
     with pytest.raises(MmloraError, match="data.packing is not supported for gemma3.*token_type_ids"):
         PackingCollator(processor)
+
+
+def test_dataloader_workers_auto():
+    import os
+
+    from mmlora.config import recipe_from_dict
+    from mmlora.packing import dataloader_workers
+
+    assert dataloader_workers(-1, "cpu") == 0  # the model's threads already use every core
+    assert dataloader_workers(-1, "cuda") == min(4, os.cpu_count() - 1)
+    assert dataloader_workers(2, "cpu") == 2 and dataloader_workers(0, "cuda") == 0
+    with pytest.raises(MmloraError, match="train.num_workers: got -2"):
+        recipe_from_dict({"data": {"train": "x.jsonl"}, "train": {"num_workers": -2}})

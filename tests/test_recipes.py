@@ -36,6 +36,16 @@ def test_overrides_are_typed():
     assert recipe.lora.targets == ["q_proj", "v_proj"]
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads `2e-4` as the string "2e-4"; a recipe must still mean 0.0002.
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {train: x.jsonl}\ntrain: {learning_rate: 2e-4}\n")
+    recipe = load_recipe(path, ["lora.dropout=5e-2"])
+    assert recipe.train.learning_rate == 2e-4 and recipe.lora.dropout == 0.05
+    with pytest.raises(MmloraError, match=r"train\.learning_rate: got '2e-4x', expected a number"):
+        load_recipe(path, ["train.learning_rate=2e-4x"])
+
+
 def test_unknown_key_names_key_and_suggestion():
     with pytest.raises(MmloraError, match=r"train\.epoch'.*Did you mean 'epochs'"):
         recipe_from_dict({"data": {"train": "x"}, "train": {"epoch": 3}})

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from mmlora.checkpoints import MARKER, STAGING, complete_checkpoints, find_checkpoint
 from mmlora.config import ModelConfig, load_recipe
 from mmlora.errors import MmloraError
+from mmlora.tiny import TINY_MODELS
 from mmlora.train import train
 
 pytestmark = pytest.mark.slow
@@ -227,3 +228,15 @@ def test_text_only_batch_still_runs_the_vision_tower_when_distributed(tiny):
     loss_guarded = guarded.compute_loss(model, dict(batch))
     assert calls == [1]
     assert loss_guarded.item() == loss_plain.item()
+
+
+@pytest.mark.parametrize("model_id", sorted(TINY_MODELS))
+def test_dummy_vision_batch_builds_for_every_family(model_id):
+    """The ZeRO-3 guard's one-image batch must build for every family's image processor."""
+    from mmlora.datascan import load_data_processor
+    from mmlora.train import dummy_vision_batch
+
+    processor = load_data_processor(ModelConfig(name=model_id))
+    batch = dummy_vision_batch(processor)
+    assert batch["pixel_values"].numel() > 0
+    assert (batch["input_ids"] == processor.image_token_id).sum() > 0
