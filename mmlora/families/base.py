@@ -42,6 +42,28 @@ def repeated(token: str, count: int) -> ImageTokens:
     return ImageTokens(count, token * count)
 
 
+def tiny_text_config(model_type: str, vocab_size: int, bos: int, eos: int, pad: int,
+                     num_key_value_heads: int = 2, **extra) -> dict:
+    """The tiny twins' decoder: 2 layers, hidden 64, 4 heads; `extra` adds family fields."""
+    return {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": num_key_value_heads,
+        "max_position_embeddings": 4096,
+        # 0.25 rather than the usual 0.02: with the default, the frozen lm_head and final norm
+        # keep logits near +-1 and the loss cannot fall below ~4.5 whatever LoRA learns.
+        "initializer_range": 0.25,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        **extra,
+    }
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: its dict fields are not hashable
 class TinySpec:
     """How a family's offline tiny twin is built: random weights from a small config plus a real

@@ -12,7 +12,7 @@ the suffix (`PALIGEMMA_CHAT_TEMPLATE`), trains up to and including <eos>, and pa
 
 from __future__ import annotations
 
-from mmlora.families.base import Family, ImageTokens, TinySpec, repeated
+from mmlora.families.base import Family, ImageTokens, TinySpec, repeated, tiny_text_config
 
 BOI, EOI, SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 
@@ -88,21 +88,8 @@ def prefix_suffix_types(input_ids, attention_mask, labels, visual_token_id) -> d
 
 
 def _gemma_text(model_type: str, token_id, vocab_size: int, **extra) -> dict:
-    return {
-        "model_type": model_type,
-        "vocab_size": vocab_size,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "head_dim": 16,
-        **extra,
-        "max_position_embeddings": 4096,
-        "initializer_range": 0.25,  # see qwen.py: lets the frozen lm_head's logits move
-        "bos_token_id": token_id("<bos>"),
-        "eos_token_id": token_id("<eos>"),
-        "pad_token_id": token_id("<pad>"),
-    }
+    return tiny_text_config(model_type, vocab_size, token_id("<bos>"), token_id("<eos>"), token_id("<pad>"),
+                            head_dim=16, **extra)
 
 
 def _siglip(**extra) -> dict:

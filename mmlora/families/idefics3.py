@@ -8,7 +8,7 @@ use model_type idefics3; SmolVLM2 uses smolvlm with the same layout.
 
 from __future__ import annotations
 
-from mmlora.families.base import Family, ImageTokens, TinySpec, tile_bounds
+from mmlora.families.base import Family, ImageTokens, TinySpec, tile_bounds, tiny_text_config
 
 IMAGE, AROUND, GLOBAL = "<image>", "<fake_token_around_image>", "<global-img>"
 
@@ -61,20 +61,8 @@ def tiny_smolvlm_config(token_id, vocab_size: int) -> dict:
         "image_token_id": token_id(IMAGE),
         "scale_factor": 2,
         "tie_word_embeddings": False,
-        "text_config": {
-            "model_type": "llama",
-            "vocab_size": vocab_size,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "initializer_range": 0.25,  # see qwen.py: lets the frozen lm_head's logits move
-            "bos_token_id": token_id("<|im_start|>"),
-            "eos_token_id": token_id("<end_of_utterance>"),
-            "pad_token_id": token_id("<|im_end|>"),
-        },
+        "text_config": tiny_text_config("llama", vocab_size, token_id("<|im_start|>"),
+                                        token_id("<end_of_utterance>"), token_id("<|im_end|>")),
         "vision_config": {
             "model_type": "idefics3_vision",
             "hidden_size": 32,

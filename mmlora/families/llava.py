@@ -9,7 +9,7 @@ learn where its answer ends.
 
 from __future__ import annotations
 
-from mmlora.families.base import Family, TinySpec, repeated
+from mmlora.families.base import Family, TinySpec, repeated, tiny_text_config
 
 IMAGE = "<image>"
 _TEXT_OF = (
@@ -93,20 +93,8 @@ def _tiny_llava_config(model_type: str, architecture: str, token_id, vocab_size:
         "vision_feature_select_strategy": "default",
         "tie_word_embeddings": False,
         **extra,
-        "text_config": {
-            "model_type": "llama",
-            "vocab_size": vocab_size,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "initializer_range": 0.25,  # see qwen.py: lets the frozen lm_head's logits move
-            "bos_token_id": token_id("<s>"),
-            "eos_token_id": token_id("</s>"),
-            "pad_token_id": token_id("<pad>"),
-        },
+        "text_config": tiny_text_config("llama", vocab_size, token_id("<s>"), token_id("</s>"),
+                                        token_id("<pad>")),
         "vision_config": {
             "model_type": "clip_vision_model",
             "hidden_size": 32,
