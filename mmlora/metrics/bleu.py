@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mmlora.metrics.inputs import paired_inputs
+
 __all__ = ["BleuStats", "bleu_stats", "corpus_bleu", "ngram_counts"]
 
 # pycocoevalcap's smoothing constants (bleu_scorer.py ``compute_score``).
@@ -105,12 +107,7 @@ def bleu_stats(
     predictions: Sequence[Text], references_list: Sequence[Sequence[Text]], max_n: int = 4
 ) -> BleuStats:
     """Accumulate :class:`BleuStats` over a corpus (see :func:`corpus_bleu`)."""
-    if len(predictions) != len(references_list):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references_list)} reference lists"
-        )
-    if not predictions:
-        raise ValueError("cannot score an empty set of predictions")
+    predictions, references_list = paired_inputs(predictions, references_list)
     if max_n < 1:
         raise ValueError(f"max_n must be >= 1, got {max_n}")
     stats = BleuStats(max_n=max_n)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from mmlora.metrics.bleu import corpus_bleu
 from mmlora.metrics.cider import cider_d
+from mmlora.metrics.inputs import paired_inputs
 from mmlora.metrics.rouge import rouge_l
 from mmlora.metrics.tokenize import coco_tokenize
 
@@ -43,14 +44,7 @@ def caption_scores(
         ValueError: on an empty corpus, mismatched lengths or an image without
             references.
     """
-    predictions = list(predictions)
-    references_list = list(references_list)
-    if len(predictions) != len(references_list):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references_list)} reference lists"
-        )
-    if not predictions:
-        raise ValueError("cannot score an empty set of predictions")
+    predictions, references_list = paired_inputs(predictions, references_list)
     candidates = [coco_tokenize(p) for p in predictions]
     references = []
     for i, refs in enumerate(references_list):

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from mmlora.metrics.bleu import Text, as_tokens, ngram_counts
+from mmlora.metrics.inputs import paired_inputs
 
 __all__ = ["cider_d", "cider_d_per_image"]
 
@@ -62,12 +63,7 @@ def cider_d_per_image(
     sigma: float = 6.0,
 ) -> list[float]:
     """CIDEr-D of every image (pycocoevalcap ``compute_cider``); see :func:`cider_d`."""
-    if len(predictions) != len(references_list):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references_list)} reference lists"
-        )
-    if not predictions:
-        raise ValueError("cannot score an empty set of predictions")
+    predictions, references_list = paired_inputs(predictions, references_list)
     cand_counts = [ngram_counts(as_tokens(p), n) for p in predictions]
     ref_counts = []
     for refs in references_list:

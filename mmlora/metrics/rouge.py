@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mmlora.metrics.bleu import Text, as_tokens
+from mmlora.metrics.inputs import paired_inputs
 
 __all__ = ["lcs_length", "rouge_l", "rouge_l_sentence"]
 
@@ -74,11 +75,6 @@ def rouge_l(
     Returns:
         The mean ROUGE-L F-measure in [0, 1].
     """
-    if len(predictions) != len(references_list):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references_list)} reference lists"
-        )
-    if not predictions:
-        raise ValueError("cannot score an empty set of predictions")
+    predictions, references_list = paired_inputs(predictions, references_list)
     scores = [rouge_l_sentence(p, refs, beta) for p, refs in zip(predictions, references_list)]
     return sum(scores) / len(scores)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from mmlora.metrics.inputs import paired_inputs
 from mmlora.metrics.vqa_normalize import clean_whitespace, normalize_vqa_answer
 
 __all__ = ["anls", "exact_match", "levenshtein", "vqa_accuracy", "vqa_scores"]
@@ -180,14 +181,7 @@ def vqa_scores(
     Raises:
         ValueError: on an empty corpus or mismatched lengths.
     """
-    predictions = list(predictions)
-    references_list = list(references_list)
-    if len(predictions) != len(references_list):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references_list)} reference lists"
-        )
-    if not predictions:
-        raise ValueError("cannot score an empty set of predictions")
+    predictions, references_list = paired_inputs(predictions, references_list)
     acc = em = sim = 0.0
     for pred, refs in zip(predictions, references_list):
         acc += vqa_accuracy(pred, refs, normalization=normalization)
