@@ -151,9 +151,10 @@ def meta_lora_model(recipe: Recipe, dtype):
 
     from mmlora.families import family_for_model_type
     from mmlora.lora import apply_lora
-    from mmlora.modeling import load_config
+    from mmlora.published import resolve_config
 
-    config = load_config(recipe.model.name, recipe.model)
+    # The shipped published config stands in where neither the checkpoint nor the hub is at hand.
+    config = resolve_config(recipe.model).config
     family = family_for_model_type(config.model_type)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)

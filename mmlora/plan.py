@@ -1,7 +1,8 @@
 """`mmlora plan RECIPE`: what a recipe will train and what it costs, before any weights load.
 
 The model is built from its config on the meta device (no memory, no weights read; for a hub id
-only config.json and preprocessor_config.json are fetched), LoRA is attached exactly as training
+only config.json and preprocessor_config.json are fetched, and offline, with the hub id not in
+the cache, mmlora's shipped copy of the published files is used: mmlora/published.py), LoRA is attached exactly as training
 attaches it, and the parameters are counted per component. Visual tokens per image come from the
 family's own image processor and placeholder rule applied to blank images of the bounding sizes.
 """
@@ -29,6 +30,9 @@ class Plan:
     weights_bytes: int
     visual_tokens: list[tuple[str, int]] = field(default_factory=list)
     visual_note: str = ""
+    source_note: str = "config only, no weights read"
+    base_parameters: int = 0
+    """Parameters of the checkpoint itself, before LoRA (tied weights once, as safetensors stores them)."""
 
     def count(self, component: str) -> ParameterCount:
         return next(c for c in self.counts if c.component == component)
@@ -54,8 +58,9 @@ def _weights_bytes(model, adapted, quantization: str) -> int:
     return int(total)
 
 
-def visual_token_table(recipe: Recipe, family, config) -> tuple[list[tuple[str, int]], str]:
-    """Visual tokens of blank images at the bounding sizes and two photo sizes."""
+def visual_token_table(recipe: Recipe, family, config, source: str | None = None) -> tuple[list[tuple[str, int]], str]:
+    """Visual tokens of blank images at the bounding sizes and two photo sizes; the image
+    processor is read from `source` (default: the recipe's model)."""
     from PIL import Image
 
     from mmlora.modeling import _hub_kwargs, _source_dir
@@ -63,7 +68,7 @@ def visual_token_table(recipe: Recipe, family, config) -> tuple[list[tuple[str, 
 
     m = recipe.model
     try:
-        image_processor = load_image_processor(_source_dir(m.name), family, m.min_pixels, m.max_pixels,
+        image_processor = load_image_processor(source or _source_dir(m.name), family, m.min_pixels, m.max_pixels,
                                                **_hub_kwargs(m))
     except (OSError, ValueError) as err:
         return [], f"visual tokens: unknown (no image processor settings: {err})"
@@ -85,24 +90,27 @@ def make_plan(recipe: Recipe) -> Plan:
     import torch
 
     from mmlora.families import family_for_model_type
-    from mmlora.modeling import load_config
+    from mmlora.published import describe_source, resolve_config
 
-    config = load_config(recipe.model.name, recipe.model)
+    resolved = resolve_config(recipe.model)
+    config = resolved.config
     family = family_for_model_type(config.model_type)
     dtype = getattr(torch, recipe.model.dtype if recipe.model.dtype != "auto" else "bfloat16")
     # The counts do not depend on the init, and PiSSA/OLoRA's decompositions need real weights.
     lora = dataclasses.replace(recipe.lora, init="default")
-    model = apply_lora(_meta_model(config, dtype), family, lora)
+    model = _meta_model(config, dtype)
+    base_parameters = sum(p.numel() for p in model.parameters())
+    model = apply_lora(model, family, lora)
     adapter_bytes = 0
     for name, param in model.named_parameters():
         if param.requires_grad:
             # PiSSA/OLoRA adapters are saved converted to rank 2r (lora.save_adapter).
             doubled = recipe.lora.init in ("pissa", "olora") and (".lora_A." in name or ".lora_B." in name)
             adapter_bytes += param.numel() * param.element_size() * (2 if doubled else 1)
-    visual, note = visual_token_table(recipe, family, config)
+    visual, note = visual_token_table(recipe, family, config, resolved.source)
     return Plan(recipe.model.name, family.name, count_parameters(model, family), model.mmlora_adapted,
                 adapter_bytes, _weights_bytes(model, model.mmlora_adapted, recipe.model.quantization),
-                visual, note)
+                visual, note, describe_source(resolved, recipe.model), base_parameters)
 
 
 def _size(n: float) -> str:
@@ -117,11 +125,12 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
     m = recipe.model
     quant = f", {m.quantization} QLoRA" if m.quantization != "none" else ""
     lines = [
-        f"model: {plan.model} (family {plan.family}; config only, no weights read)",
+        f"model: {plan.model} (family {plan.family}; {plan.source_note})",
         format_adapted_modules(plan.adapted).replace(" (all names: adapted_modules.json in the output directory)", ""),
         "",
         format_parameter_table(plan.counts),
         "",
+        f"base model:        {plan.base_parameters:,} parameters",
         f"adapter on disk:   {_size(plan.adapter_bytes)} (safetensors)",
         f"base weights:      {_size(plan.weights_bytes)} ({m.dtype}{quant})",
         f"visual tokens per image (min_pixels={m.min_pixels}, max_pixels={m.max_pixels}):",
