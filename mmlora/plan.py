@@ -46,6 +46,12 @@ def _meta_model(config, dtype):
         return AutoModelForImageTextToText.from_config(config, dtype=dtype)
 
 
+def base_parameter_count(model) -> int:
+    """Parameters of the checkpoint itself (tied weights once, as its safetensors store them);
+    `model` is the meta-device model before LoRA is attached."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def _weights_bytes(model, adapted, quantization: str) -> int:
     """Memory of the base weights at the recipe's dtype (quantised language layers if QLoRA)."""
     quantized = {f"base_model.model.{n}.base_layer.weight" for n in adapted.lora["language"]}
@@ -99,7 +105,7 @@ def make_plan(recipe: Recipe) -> Plan:
     # The counts do not depend on the init, and PiSSA/OLoRA's decompositions need real weights.
     lora = dataclasses.replace(recipe.lora, init="default")
     model = _meta_model(config, dtype)
-    base_parameters = sum(p.numel() for p in model.parameters())
+    base_parameters = base_parameter_count(model)
     model = apply_lora(model, family, lora)
     adapter_bytes = 0
     for name, param in model.named_parameters():
