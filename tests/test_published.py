@@ -209,6 +209,19 @@ def test_plan_prints_the_published_count_offline(offline):
     assert "shipped copy of the published checkpoint files" in result.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe_name", REAL_RECIPES)
+def test_plan_table_of_every_real_recipe_offline(recipe_name, offline):
+    """The whole `mmlora plan` output (memory estimate included) for each shipped real recipe."""
+    from mmlora.plan import format_plan
+
+    recipe = load_recipe(recipe_name)
+    table = format_plan(make_plan(recipe), recipe)
+    assert f"base model:        {PUBLISHED_PARAMETERS[recipe.model.name]:,} parameters" in table
+    assert "shipped copy of the published checkpoint files" in table.splitlines()[0]
+    assert "peak GPU memory per device" in table
+
+
 def test_plan_offline_counts_with_lora_attached(offline):
     plan = make_plan(load_recipe("smolvlm_256m_lora_vqa"))
     assert plan.base_parameters == PUBLISHED_PARAMETERS["HuggingFaceTB/SmolVLM-256M-Instruct"]
