@@ -73,4 +73,4 @@ def describe_source(source: ConfigSource, cfg: ModelConfig) -> str:
     revision = f"; model.revision={cfg.revision} is not checked" if cfg.revision else ""
     return (f"config from mmlora's shipped copy of the published checkpoint files, "
             f"assets/published/{source.published.name}: the hub id is not in the hub cache and the hub "
-            f"is unreachable{revision}; no weights read")
+            f"could not be reached or refused access{revision}; no weights read")
