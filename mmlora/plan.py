@@ -1,9 +1,9 @@
 """`mmlora plan RECIPE`: what a recipe will train and what it costs, before any weights load.
 
 The model is built from its config on the meta device (no memory, no weights read; for a hub id
-only config.json and preprocessor_config.json are fetched, and offline, with the hub id not in
-the cache, mmlora's shipped copy of the published files is used: mmlora/published.py), LoRA is attached exactly as training
-attaches it, and the parameters are counted per component. Visual tokens per image come from the
+only config.json and preprocessor_config.json are fetched, and where the hub id is neither cached
+nor reachable, mmlora's shipped copy of its published files is read: mmlora/published.py), LoRA
+is attached exactly as training attaches it, and the parameters are counted per component. Visual tokens per image come from the
 family's own image processor and placeholder rule applied to blank images of the bounding sizes.
 """
 
@@ -64,7 +64,8 @@ def _weights_bytes(model, adapted, quantization: str) -> int:
     return int(total)
 
 
-def visual_token_table(recipe: Recipe, family, config, source: str | None = None) -> tuple[list[tuple[str, int]], str]:
+def visual_token_table(recipe: Recipe, family, config,
+                       source: str | None = None) -> tuple[list[tuple[str, int]], str]:
     """Visual tokens of blank images at the bounding sizes and two photo sizes; the image
     processor is read from `source` (default: the recipe's model)."""
     from PIL import Image
