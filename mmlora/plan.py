@@ -3,8 +3,9 @@
 The model is built from its config on the meta device (no memory, no weights read; for a hub id
 only config.json and preprocessor_config.json are fetched, and where the hub id is neither cached
 nor reachable, mmlora's shipped copy of its published files is read: mmlora/published.py), LoRA
-is attached exactly as training attaches it, and the parameters are counted per component. Visual tokens per image come from the
-family's own image processor and placeholder rule applied to blank images of the bounding sizes.
+is attached exactly as training attaches it, and the parameters are counted per component.
+Visual tokens per image come from the family's own image processor and placeholder rule applied
+to blank images of the bounding sizes.
 """
 
 from __future__ import annotations
