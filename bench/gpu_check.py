@@ -93,8 +93,10 @@ class Check:
         self.python = Path(args.python) if args.python else Path(sys.executable if args.dry_run else ROOT / args.venv / "bin" / "python")
 
     def _load_state(self) -> dict:
-        fresh = {"meta": {}, "steps": {name: {"status": "not run", "seconds": 0, "note": "not reached"} for name in STEPS},
-                 "tests": [], "bench": {}}
+        fresh = {"meta": {}, "tests": [], "bench": {},
+                 "steps": {name: {"status": "not run" if name in self.args.steps else "not selected",
+                                  "seconds": 0, "note": "not reached" if name in self.args.steps else ""}
+                           for name in STEPS}}
         if self.args.steps == STEPS or not self.state_path.is_file():
             return fresh
         old = json.loads(self.state_path.read_text())
@@ -102,6 +104,7 @@ class Check:
             return fresh  # never mix a dry run's results with a GPU run's
         for name in self.args.steps:  # the steps rerun now start over; the others keep their results
             old["steps"][name] = fresh["steps"][name]
+            old["steps"][name]["note"] = "not reached in the rerun"
             if name == "tests":
                 old["tests"] = []
             if name.startswith("bench-"):
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = (check.step("probe", check.probe) if ready else False) and ready
     for name in STEPS[2:]:
         if not ready and name in args.steps:
-            check.state["steps"][name].update(status="not run", note="setup or probe failed")
+            check.state["steps"][name].update(status="not run", note="an earlier step (setup, probe) did not pass")
             continue
         if name == "tests":
             check.step(name, check.tests)

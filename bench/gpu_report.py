@@ -93,10 +93,11 @@ def parse_junit(path: Path) -> list[dict]:
 
 
 def failures(state: dict) -> list[str]:
-    """What makes the check fail: a step that failed or ran out of time, a failed GPU test, a
-    planner estimate outside the tolerance. Skips (a package without a wheel) are not failures."""
+    """What makes the check fail: a step that failed, ran out of time or was asked for but not
+    run (budget spent, setup failed), a failed GPU test, a planner estimate outside the
+    tolerance. Skipped tests (a package without a wheel) and steps not selected are not."""
     found = [f"step {name}: {step['status']}" for name, step in state.get("steps", {}).items()
-             if step["status"] in ("failed", "timeout")]
+             if step["status"] in ("failed", "timeout", "not run")]
     found += [f"test {case['name']}: {case['outcome']}" for case in state.get("tests", [])
               if case["outcome"] in ("failed", "error")]
     found += [f"planner {c.workload}/{c.config}: {100 * c.gap:+.1f}%"
