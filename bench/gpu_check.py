@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ from bench.gpu_report import failures, parse_junit, render  # noqa: E402
 
 GPU_WORKLOADS = ["gpu-448", "gpu-mixed"]  # bench/workloads.py WORKLOADS["gpu"]
 STEPS = ["setup", "probe", "tests", *(f"bench-{name}" for name in GPU_WORKLOADS)]
-STEP_TIMEOUT = {"setup": 240, "probe": 60, "tests": 200, "bench-gpu-448": 200, "bench-gpu-mixed": 200}
+STEP_TIMEOUT = {"probe": 60, "tests": 200, "bench-gpu-448": 200, "bench-gpu-mixed": 200}
 """Seconds each step may take at most; the overall budget cuts them shorter when it runs low."""
 MIN_STEP_SECONDS = 20
 """A step is not started with less budget than this left: it is reported as not run."""
@@ -88,6 +89,9 @@ class Check:
         self.out: Path = args.out
         self.logs = args.out / "gpu-check-logs"
         self.state_path = self.out / "gpu-check.json"
+        # scratch (JUnit XML, run.py's JSON): its content goes into the state, so OUT holds only
+        # gpu.md, gpu-check.json and one log per step (a device's $OUT returns at most 8 files)
+        self.scratch = Path(tempfile.mkdtemp(prefix="mmlora-gpu-check-"))
         self.deadline = time.monotonic() + args.budget
         self.state = self._load_state()
         self.python = Path(args.python) if args.python else Path(sys.executable if args.dry_run else ROOT / args.venv / "bin" / "python")
@@ -145,7 +149,7 @@ class Check:
         """Run a step's body inside its share of the budget; record status, seconds and note."""
         if name not in self.args.steps:
             return True
-        timeout = min(STEP_TIMEOUT[name], self.left())
+        timeout = min(self.args.setup_timeout if name == "setup" else STEP_TIMEOUT[name], self.left())
         record = self.state["steps"][name]
         if timeout < MIN_STEP_SECONDS:
             record.update(status="not run", seconds=0, note=f"time budget spent ({self.args.budget} s)")
@@ -178,7 +182,10 @@ class Check:
         if stamp.is_file() and stamp.read_text() == wanted:
             return "passed", f"{venv.name} already installed (delete it to reinstall)"
         base = args.base_python
-        status, tail = self.run("setup", [base, "-m", "venv", "--clear", str(venv)], self.remaining(deadline))
+        # Offline, the venv gets no pip or setuptools of its own: the base's (reached through the
+        # .pth below) are newer than the ones ensurepip bundles, which would shadow them.
+        make = [base, "-m", "venv", "--clear", *(["--without-pip"] if args.wheels else []), str(venv)]
+        status, tail = self.run("setup", make, self.remaining(deadline))
         if status != "passed":
             return "failed", f"venv: {status}: {tail[-300:]}"
         pip = [str(self.python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
@@ -194,13 +201,14 @@ class Check:
             commands = [pip + ["--no-index", "--no-deps", *wheels]]
             notes.append(f"base {base} with {len(wheels)} carried wheels")
         else:
-            offline = {"PIP_FIND_LINKS": "", "PIP_CONSTRAINT": ""}  # a local CPU wheel must not win
-            torch_spec = pip + [TORCH] + (["--index-url", args.torch_index] if args.torch_index else [])
-            commands = [(torch_spec, offline), pip + ["-r", "requirements.lock"], pip + GPU_PACKAGES]
+            # --isolated: pip's config and PIP_* variables can name a local folder of CPU wheels
+            # (find-links), whose torch-2.13.0+cpu would win over PyPI's 2.13.0 (local versions
+            # sort higher). The probe step fails a CPU build anyway.
+            torch_spec = pip + ["--isolated", TORCH] + (["--index-url", args.torch_index] if args.torch_index else [])
+            commands = [torch_spec, pip + ["-r", "requirements.lock"], pip + GPU_PACKAGES]
         commands.append(pip + ["--no-deps", "--no-build-isolation", "--no-index", "-e", "."])
         for command in commands:
-            command, env = command if isinstance(command, tuple) else (command, None)
-            status, tail = self.run("setup", command, self.remaining(deadline), env)
+            status, tail = self.run("setup", command, self.remaining(deadline))
             if status != "passed":
                 return ("timeout" if status == "timeout" else "failed"), f"{shlex.join(command[3:])}: {status}: {tail[-400:]}"
         for package in [] if args.wheels else OPTIONAL_BINARY:
@@ -224,15 +232,17 @@ class Check:
         meta["packages"] = info.pop("packages")
         meta["gpu"] = info
         meta["machine"] = machine(info)
-        if not info["cuda_available"] and not self.args.dry_run:
+        if self.args.dry_run:
+            return "passed", f"torch {meta['packages']['torch']}, no GPU used (dry run)"
+        if not info["torch_cuda"]:
+            return "failed", (f"torch {meta['packages']['torch']} is a CPU build: give --torch-index "
+                              "https://download.pytorch.org/whl/cu130 (or cu128 for older drivers)")
+        if not info["cuda_available"]:
             return "failed", f"torch {meta['packages']['torch']} sees no CUDA device: the GPU steps cannot run"
-        if info["cuda_available"] and not info["torch_cuda"]:
-            return "failed", "torch is a CPU build"
-        return "passed", info["gpu"] or "no GPU (dry run)"
+        return "passed", f"{info['gpu']}, torch {meta['packages']['torch']}"
 
     def tests(self, deadline: float) -> tuple[str, str]:
-        junit = self.logs / "gpu-tests.xml"
-        junit.unlink(missing_ok=True)
+        junit = self.scratch / "gpu-tests.xml"
         command = [str(self.python), "-m", "pytest", "-m", "gpu", "-rA", "-q", "-p", "no:cacheprovider",
                    f"--junitxml={junit}", *self.args.test_paths]
         status, tail = self.run("tests", command, self.remaining(deadline))
@@ -247,13 +257,11 @@ class Check:
         return ("passed" if status == "passed" else "failed"), summary  # failed cases: in the tests table
 
     def bench(self, workload: str, deadline: float) -> tuple[str, str]:
-        result = self.logs / f"bench-{workload}.json"
-        result.unlink(missing_ok=True)
-        with tempfile.TemporaryDirectory(prefix="mmlora-gpu-check-") as tmp:
-            command = [str(self.python), "bench/run.py", "--workload", "gpu", "--only", workload,
-                       "--rounds", str(self.args.rounds), "--out", tmp, "--json", str(result)]
-            status, tail = self.run(f"bench-{workload}", command + (["--dry-run"] if self.args.dry_run else []),
-                                    self.remaining(deadline))
+        result = self.scratch / f"bench-{workload}.json"
+        command = [str(self.python), "bench/run.py", "--workload", "gpu", "--only", workload,
+                   "--rounds", str(self.args.rounds), "--out", str(self.scratch), "--json", str(result)]
+        status, tail = self.run(f"bench-{workload}", command + (["--dry-run"] if self.args.dry_run else []),
+                                self.remaining(deadline))
         if status != "passed" or not result.is_file():
             return ("timeout" if status == "timeout" else "failed"), f"{status}: {tail[-400:]}"
         found = json.loads(result.read_text())
@@ -292,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="run every step on CPU, install nothing")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--budget", type=float, default=480, help="seconds for the whole check (default 480)")
+    parser.add_argument("--setup-timeout", type=float, default=240, help="seconds for the setup step (default "
+                        "240; a first online install of CUDA torch may need more: run --steps setup alone)")
     parser.add_argument("--rounds", type=int, default=1, help="benchmark rounds per configuration (default 1)")
     parser.add_argument("--out", type=Path, help="where gpu.md goes (default bench/results; for a dry run "
                         "bench/results/dry-run, which git ignores: a dry run never replaces GPU results)")
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             check.step(name, lambda deadline, w=name.removeprefix("bench-"): check.bench(w, deadline))
     check.save()
+    shutil.rmtree(check.scratch, ignore_errors=True)
     problems = failures(check.state)
     print(f"[gpu-check] wrote {check.out / 'gpu.md'}: {'FAILED: ' + '; '.join(problems) if problems else 'no failures'}")
     return 1 if problems else 0
