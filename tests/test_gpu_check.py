@@ -125,3 +125,20 @@ def test_dry_run_exercises_every_step_on_cpu_and_a_rerun_keeps_the_rest(tmp_path
     rerun = json.loads((tmp_path / "gpu-check.json").read_text())
     assert rerun["tests"] == state["tests"] and rerun["bench"] == state["bench"]
     assert rerun["steps"]["tests"] == state["steps"]["tests"] and rerun["steps"]["probe"]["status"] == "passed"
+
+
+def test_the_planner_is_asked_about_the_largest_batch_of_the_whole_run():
+    # The measured peak (torch.cuda.max_memory_allocated) covers the warm-up steps too, so the
+    # batch the estimate is made for must be the largest of the run, not of the timed steps.
+    from bench.measure import Meter
+
+    meter = Meter(0.0, pad_id=0, visual_id=5, warmup=1, batch_size=2, cuda=False)
+    for width, trained in [(100, 60), (10, 4)]:  # the wide batch falls in the warm-up step
+        labels = torch.full((2, width), -100)
+        labels[0, -trained:] = 1
+        meter.on_step_begin(None, None, None)
+        meter._count(None, (), {"input_ids": torch.ones(2, width, dtype=torch.long), "labels": labels})
+        meter.on_step_end(None, None, None)
+    m = meter.finish()
+    assert m.widest == (2, 100) and m.most_trained == 60
+    assert m.slots == 20 and m.real_tokens == 20 and m.measured_steps == 1  # throughput: timed step only
