@@ -142,3 +142,32 @@ def test_the_planner_is_asked_about_the_largest_batch_of_the_whole_run():
     m = meter.finish()
     assert m.widest == (2, 100) and m.most_trained == 60
     assert m.slots == 20 and m.real_tokens == 20 and m.measured_steps == 1  # throughput: timed step only
+
+
+def test_gpu_run_estimates_divide_per_step_and_use_the_h200_peak(tmp_path, monkeypatch):
+    # bench/run.py's `estimates`, which a GPU run calls after training, on CPU: only the GPU's
+    # name and matmul rate are stood in for; the model, recipe and planner are the real ones.
+    import bench.run as run
+    import mmlora.memory as memory
+    from bench.runners import mmlora_recipe
+    from bench.workloads import GPU_448, write_model_dir
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(memory, "measure_matmul_rate", lambda *a: 700e12)
+    model_dir = write_model_dir(tmp_path / "model", GPU_448)
+    recipe = mmlora_recipe(GPU_448, tmp_path / "train.jsonl", model_dir, tmp_path / "run", packing=False)
+    steps, seconds = 35, 14.0
+    m = {"widest": (8, 400), "measured_steps": steps, "real_tokens": steps * 2500, "samples": steps * 8,
+         "visual_tokens": steps * 2048, "measured_seconds": seconds, "most_trained": 300, "slots": steps * 3200}
+    out = run.estimates(recipe, m, "sdpa")
+
+    model, family = memory.meta_lora_model(recipe, torch.bfloat16)
+    per_step = memory.training_flops(model, family, 2500, 2500 / 8, 4 * 2048)
+    assert out["model_flops_per_step"] == pytest.approx(per_step)
+    assert out["mfu"] == pytest.approx(per_step / (seconds / steps) / 989e12)
+    assert 0.01 < out["mfu"] < 1  # 2B model, 2.5k tokens per 0.4 s step on an H200: a plausible share
+    planned = memory.estimate_memory(recipe, batch_size=8, seq_len=400, visual_tokens=256, model=model,
+                                     dtype=torch.bfloat16, attn_implementation="sdpa", trained_tokens=300)
+    assert out["estimated_peak_memory"] == planned.total
+    assert out["estimated_step_ms"] == pytest.approx(
+        1000 * memory.training_flops(model, family, 3200, 400, 4 * 2048) / 700e12)
