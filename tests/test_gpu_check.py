@@ -171,3 +171,30 @@ def test_gpu_run_estimates_divide_per_step_and_use_the_h200_peak(tmp_path, monke
     assert out["estimated_peak_memory"] == planned.total
     assert out["estimated_step_ms"] == pytest.approx(
         1000 * memory.training_flops(model, family, 3200, 400, 4 * 2048) / 700e12)
+
+
+def test_gpu_tables_from_measurements_to_the_report():
+    # run.py's medians and GPU table (MFU %, estimates), then gpu.md's planner check from them
+    from bench.run import summarize, table
+    from bench.workloads import GPU_448
+
+    def measurement(seconds, peak_gib, mfu_share, est_gib):
+        return {"real_tokens": 70_000, "samples": 280, "measured_seconds": seconds, "measured_cpu_seconds": seconds,
+                "slots": 100_000, "peak_memory": peak_gib * 2**30, "time_to_first_step": 20.0, "step_ms": [400.0],
+                "data_wait_ms": [5.0], "mfu": mfu_share, "estimated_peak_memory": est_gib and est_gib * 2**30,
+                "estimated_step_ms": est_gib and 120.0}
+
+    summaries = {"baseline": summarize([measurement(20.0, 30, 0.20, None), measurement(22.0, 30, 0.18, None)]),
+                 "mmlora": summarize([measurement(10.0, 20, 0.40, 21), measurement(10.0, 20, 0.40, 21)])}
+    assert summaries["mmlora"]["tokens_per_s"] == 7000 and summaries["baseline"]["tokens_per_s"] == pytest.approx((3500 + 70_000 / 22) / 2)
+    lines = table(GPU_448, summaries, gpu=True).splitlines()
+    head = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert head[-3:] == ["MFU (%)", "est. peak (MiB)", "est. step (ms)"] and lines[3].count("|") == len(head) + 1
+    base = dict(zip(head, (c.strip() for c in lines[4].split("|")[1:-1])))
+    ours = dict(zip(head, (c.strip() for c in lines[5].split("|")[1:-1])))
+    assert base["MFU (%)"] == "19.0" and base["est. peak (MiB)"] == "n/a"
+    assert ours["MFU (%)"] == "40.0" and ours["est. peak (MiB)"] == "21504" and ours["peak memory (MiB)"] == "20480"
+    cells = [c.strip() for c in lines[5].split("|")[1:-1]]
+    assert cells[head.index("tokens/s")] == "7000" and cells[head.index("tokens/s") + 1] == "2.10"  # its "x base"
+    checks = planner_checks({"gpu-448": summaries})
+    assert [(c.config, c.within) for c in checks] == [("mmlora", True)] and checks[0].gap == pytest.approx(0.05)
