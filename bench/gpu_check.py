@@ -125,7 +125,7 @@ class Check:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, name: str, command: list[str], timeout: float, env: dict | None = None) -> tuple[str, str]:
+    def run(self, name: str, command: list[str], timeout: float) -> tuple[str, str]:
         """Run one command of a step in its own process group, killed whole at its timeout;
         returns (status, last lines of its output) and keeps the full output in the logs."""
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ class Check:
             handle.write(f"$ {shlex.join(command)}\n")
             handle.flush()
             process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                        start_new_session=True)
             try:
                 code = process.wait(timeout=max(1.0, timeout))
@@ -156,6 +156,7 @@ class Check:
             self.save()
             return False
         print(f"[gpu-check] {name} (at most {timeout:.0f} s)", flush=True)
+        (self.logs / f"{name}.log").unlink(missing_ok=True)  # this run's output only
         start = time.monotonic()
         status, note = body(start + timeout)
         record.update(status=status, seconds=time.monotonic() - start, note=note)
