@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmlora-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench clean browser
+.PHONY: venv demo test test-fast bench clean browser gpu-check gpu-check-dry-run
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,15 @@ clean:
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+# The GPU check (bench/gpu_check.py, bench/README.md): `pytest -m gpu` and the GPU benchmark on one
+# CUDA GPU under a time budget, writing bench/results/gpu.md. It makes its own venv (.venv-gpu,
+# CUDA torch) with the system python3; GPU_CHECK_ARGS passes options (--wheels .whl offline,
+# --steps tests to rerun one step, --budget 540). gpu-check-dry-run runs every step on CPU.
+GPU_CHECK_ARGS ?=
+
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry-run: $(STAMP)
+	$(PY) bench/gpu_check.py --dry-run $(GPU_CHECK_ARGS)

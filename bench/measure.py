@@ -27,9 +27,9 @@ class Measurement:
     data_wait_ms: list = field(default_factory=list)
     step_ms: list = field(default_factory=list)
     most_trained: int = 0
-    """Most positions with a trained next token in one forward (logits the loss needs)."""
+    """Most positions with a trained next token in one forward (logits the loss needs), warm-up included."""
     widest: tuple = (0, 0)
-    """(rows, width) of the largest batch seen (for the memory estimate)."""
+    """(rows, width) of the largest batch of the run, warm-up included (for the memory estimate)."""
     peak_memory: int = 0
     peak_memory_before_training: int = 0
     """Peak up to the first step (loading, data pre-scan); CPU only."""
@@ -62,19 +62,21 @@ class Meter(TrainerCallback):
         return time.perf_counter()
 
     def _count(self, module, args, kwargs):
-        if not self._counting:
-            return
         ids = kwargs["input_ids"]
-        mask = kwargs.get("attention_mask")
-        real = int(mask.sum()) if mask is not None and mask.dim() == 2 else int((ids != self.pad_id).sum())
-        self.m.real_tokens += real
-        self.m.slots += ids.numel()
-        self.m.visual_tokens += int((ids == self.visual_id).sum())
+        # The largest batch is tracked over warm-up steps too: the measured peak memory covers
+        # the whole run, so the planner's estimate must be for the largest batch of the whole run.
         labels = kwargs.get("labels")
         if labels is not None:
             self.m.most_trained = max(self.m.most_trained, int((labels[:, 1:] != -100).sum()))
         if ids.numel() > self.m.widest[0] * self.m.widest[1]:
             self.m.widest = tuple(ids.shape)
+        if not self._counting:
+            return
+        mask = kwargs.get("attention_mask")
+        real = int(mask.sum()) if mask is not None and mask.dim() == 2 else int((ids != self.pad_id).sum())
+        self.m.real_tokens += real
+        self.m.slots += ids.numel()
+        self.m.visual_tokens += int((ids == self.visual_id).sum())
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.memory is not None:

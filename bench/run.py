@@ -28,10 +28,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu_report import MFU_FORMULA, mfu, peak_bf16_flops  # noqa: E402
 from bench.workloads import WORKLOADS  # noqa: E402
-
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-"""Dense bf16 tensor-core peak FLOP/s by GPU name (datasheets, without sparsity), for MFU."""
 
 CONFIGS = {
     "baseline": "HF Trainer + PEFT, padded batches (bench/README.md)",
@@ -78,9 +76,8 @@ def estimates(recipe, m: dict, attn: str | None) -> dict:
     patches = 4 * m["visual_tokens"] / steps  # 2x2 merge: 4 vision patches per visual token
     useful = training_flops(model, family, m["real_tokens"] / steps, mean_length, patches)
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     wall_step = m["measured_seconds"] / steps  # data waits included
-    out = {"mfu": useful / wall_step / peak if peak else None, "gpu": name}
+    out = {"mfu": mfu(useful, wall_step, peak_bf16_flops(name)), "gpu": name, "model_flops_per_step": useful}
     if attn is None:
         return out
     estimate = estimate_memory(recipe, batch_size=rows, seq_len=width, visual_tokens=int(m["visual_tokens"] / steps / rows),
@@ -166,6 +163,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the table")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's, one per core); "
                         "1 keeps runs stable on a machine other processes share")
+    parser.add_argument("--only", metavar="NAME", help="run this one workload of --workload (e.g. gpu-448)")
+    parser.add_argument("--json", type=Path, help="also write the medians of every configuration as JSON "
+                        "({workload: {config: summary, ...}, ...}: what bench/gpu_check.py reads)")
+    parser.add_argument("--dry-run", action="store_true", help="GPU workloads without a GPU: build the data, "
+                        "model and one batch, report the planner's estimate and the FLOPs; train nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--workload-name", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -183,10 +185,22 @@ def main() -> int:
     from bench.workloads import write_data, write_model_dir
 
     gpu = args.workload == "gpu"
-    sections, load = [], [os.getloadavg()[0]]
+    workloads = [w for w in WORKLOADS[args.workload] if args.only in (None, w.name)]
+    if not workloads:
+        parser.error(f"--only {args.only}: not a {args.workload} workload "
+                     f"({', '.join(w.name for w in WORKLOADS[args.workload])})")
+    if args.dry_run and not gpu:
+        parser.error("--dry-run is for --workload gpu (the CPU workloads run as they are)")
+    sections, load, summaries, threads = [], [os.getloadavg()[0]], {}, None
     with tempfile.TemporaryDirectory(prefix="mmlora-bench-") as tmp:
         tmp = Path(tmp)
-        for workload in WORKLOADS[args.workload]:
+        for workload in workloads:
+            if args.dry_run:
+                from bench.dry_run import dry_run
+
+                section, summaries[workload.name] = dry_run(workload, tmp)
+                sections.append(section)
+                continue
             data = write_data(tmp / workload.name, workload)
             model = write_model_dir(tmp / f"{workload.name}-model", workload)
             results = {config: [] for config in CONFIGS}
@@ -200,21 +214,27 @@ def main() -> int:
                                     "--result", str(result)], check=True, cwd=ROOT)
                     results[config].append(json.loads(result.read_text()))
                     load.append(os.getloadavg()[0])
-            sections.append(table(workload, {c: summarize(r) for c, r in results.items()}, gpu))
+            summaries[workload.name] = {c: summarize(r) for c, r in results.items()}
+            sections.append(table(workload, summaries[workload.name], gpu))
             threads = results["baseline"][0]["threads"]
     report = "\n".join([
         f"# mmlora benchmark: {args.workload} workload", "",
         f"Machine: {machine()}; torch threads per run: {threads}; 1-minute load average during the runs: "
         f"{min(load):.1f}-{max(load):.1f}{shared_note(load)}.", "",
         f"Command: `python bench/run.py --workload {args.workload} --rounds {args.rounds}"
-        f"{f' --threads {args.threads}' if args.threads else ''}` "
+        f"{f' --threads {args.threads}' if args.threads else ''}{f' --only {args.only}' if args.only else ''}"
+        f"{' --dry-run' if args.dry_run else ''}` "
         f"({time.strftime('%Y-%m-%d')}). Configurations: "
         + "; ".join(f"**{k}**: {v}" for k, v in CONFIGS.items()) + ". Columns: bench/README.md.", "",
+        *([MFU_FORMULA, ""] if gpu else []),
         *sections, "",
     ])
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.workload}.md"
+    path = args.out / f"{args.workload}{'-' + args.only if args.only else ''}{'-dry-run' if args.dry_run else ''}.md"
     path.write_text(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"sections": dict(zip(summaries, sections)), "summaries": summaries}, indent=1))
     print(report)
     print(f"[bench] wrote {path}")
     return 0
