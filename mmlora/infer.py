@@ -65,5 +65,6 @@ def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
-    sample = Sample([picture], [user_turn(prompt)], source=str(image_path))
+    # `<image>` in the prompt places the image (LLaVA writes `<image>\nQuestion`); else it goes first.
+    sample = Sample([picture], [user_turn(prompt, 1, field="--prompt")], source=str(image_path))
     return generate_answers(net, loaded.processor, [sample], 1, max_new_tokens, first_line=False)[0]
