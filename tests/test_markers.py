@@ -132,3 +132,12 @@ def test_llava_infer_prompt_with_the_standard_marker(folder):
     assert marked == unmarked  # `<image>\n` first is where LLaVA puts an unmarked image anyway
     with pytest.raises(MmloraError, match=r"--prompt has 2 <image> marker\(s\) but there is 1 image"):
         answer_one("tiny/llava", None, image, "<image> and <image>", max_new_tokens=4)
+
+
+def test_infer_marker_mismatch_is_one_line_from_the_cli(folder, capsys):
+    from mmlora.cli import main
+
+    code = main(["infer", "--model", "tiny/llava", "--image", str(folder / "a.png"), "--prompt", "<image><image>Q"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("mmlora:") and "--prompt has 2 <image> marker(s)" in err
