@@ -85,7 +85,7 @@ def row_to_samples(row, cfg, column_map: dict[str, str] | None = None, where: st
     if kind == "vqa":
         return [vqa_sample(row, cfg, where)]
     if kind == "sharegpt":
-        row = sharegpt_to_messages(row)
+        return [messages_sample(sharegpt_to_messages(row), cfg, where, field="conversations")]
     return [messages_sample(row, cfg, where)]
 
 
@@ -217,7 +217,7 @@ def _parts(content, where: str, inline: list, markers: bool) -> list[dict]:
     return parts
 
 
-def messages_sample(row: dict, cfg, where: str) -> Sample:
+def messages_sample(row: dict, cfg, where: str, field: str = "messages") -> Sample:
     """A messages row: roles checked, contents turned into parts, images matched to placeholders."""
     raw = row.get("messages")
     if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
@@ -246,8 +246,9 @@ def messages_sample(row: dict, cfg, where: str) -> Sample:
             raise RowError("bad_row", "the row has images but no user turn to put them in")
         first_user["content"] = [{"type": "image"} for _ in images] + first_user["content"]
     elif placeholders != len(images):
-        raise RowError("image_mismatch", f"the user turns have {placeholders} image placeholder(s) ({IMAGE_MARKER} "
-                                         f"markers and image parts) but the row has {len(images)} image(s)")
+        raise RowError("image_mismatch", f"field '{field}': the user turns have {placeholders} image placeholder(s) "
+                                         f"({IMAGE_MARKER} markers and image parts) but the row has {len(images)} "
+                                         "image(s)")
     last_answer = [m for m in messages if m["role"] == "assistant"][-1]
     references = [" ".join(p["text"] for p in last_answer["content"])]
     return Sample(images, _with_system(messages, cfg), where, references)

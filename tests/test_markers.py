@@ -77,9 +77,9 @@ def test_marker_in_assistant_and_system_text_is_plain_text(folder):
     ({"image": "a.png", "question": "<image> and <image>?", "answer": "red"}, "field 'question'"),
     ({"images": ["a.png", "b.png"], "question": "Only <image>?", "answer": "red"}, "field 'question'"),
     ({"image": "a.png", "conversations": [{"from": "human", "value": "<image><image>Q"},
-                                          {"from": "gpt", "value": "A"}]}, "user turns"),
+                                          {"from": "gpt", "value": "A"}]}, "field 'conversations'"),
     ({"messages": [{"role": "user", "content": "What is <image>?"}, {"role": "assistant", "content": "A"}]},
-     "user turns"),
+     "field 'messages'"),
 ])
 def test_a_marker_count_that_differs_from_the_images_is_a_located_row_error(folder, row, field):
     write_jsonl(folder / "d.jsonl", [{"image": "a.png", "caption": "fine"}, row])
