@@ -125,12 +125,15 @@ def test_private_use_sentinels_in_data_are_refused_with_a_reason(tmp_path):
     assert status == 1 and problem["where"].endswith("d.jsonl:1") and "Private Use" in problem["message"]
 
 
-def metaspace_tokenizer():
-    """A Llama-style (Metaspace, prepend_scheme=first, byte fallback) tokenizer, as transformers
-    builds LLaVA's and Mistral's: a space is prepended only to text at offset 0."""
+def metaspace_tokenizer(style: str):
+    """A Llama-style tokenizer (byte fallback). `first`: Metaspace with prepend_scheme=first, as
+    transformers 5 builds LLaVA's and Mistral's (a space is prepended only to text at offset 0);
+    `legacy`: the older tokenizer.json layout, a Prepend("▁") normalizer applied to every piece
+    between special tokens."""
     import string
 
-    from transformers import LlamaTokenizer
+    from tokenizers import Tokenizer
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for char in "▁" + string.ascii_letters + string.punctuation + string.digits:
@@ -141,25 +144,37 @@ def metaspace_tokenizer():
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges)
+    if style == "legacy":
+        data = json.loads(tokenizer.backend_tokenizer.to_str())
+        data["pre_tokenizer"] = None
+        data["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+                                            bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     return tokenizer
 
 
-def test_metaspace_tokenizers_get_no_added_space_and_clean_text_is_unchanged():
+@pytest.mark.parametrize("style", ["first", "legacy"])
+def test_metaspace_tokenizers_get_no_added_space_and_clean_text_is_unchanged(style):
     llava = next(f for f in FAMILIES if f.name == "llava")
-    tokenizer = metaspace_tokenizer()
+    tokenizer = metaspace_tokenizer(style)
     plain = PlainText(tokenizer, llava)
     clean = "<s>" + plain.escape("What is it?") + "</s> What</s>"
     expected = tokenizer(clean, add_special_tokens=False, return_offsets_mapping=True)
     got = plain.tokenize(clean)
     assert (got.input_ids, got.offsets) == (expected["input_ids"], [tuple(o) for o in expected["offset_mapping"]])
     data = "What </s> is <image>?"
-    text = "<s>" + plain.escape(data) + "</s> What"
-    got = plain.tokenize(text)
+    got = plain.tokenize("<s>" + plain.escape(data) + "</s> What")
     assert got.text == "<s>" + data + "</s> What"
-    assert tokenizer.decode(got.input_ids) == "<s>" + data + "</s> What"
+    # No "▁" added inside the data: only the one each style puts at a segment's start.
+    start = "" if style == "first" else "▁"
+    assert "".join(tokenizer.convert_ids_to_tokens(got.input_ids)) == (
+        f"<s>{start}What▁</s>▁is▁<image>?</s>{start}▁What")
     assert got.input_ids.count(tokenizer.convert_tokens_to_ids("</s>")) == 1
     assert tokenizer.convert_tokens_to_ids("<image>") not in got.input_ids
+    if style == "first":
+        assert tokenizer.decode(got.input_ids) == got.text
     # the text after the template's own </s> keeps exactly its plain tokens and offsets
     tail = tokenizer("<s>x</s> What", add_special_tokens=False, return_offsets_mapping=True)
     end = tokenizer.convert_tokens_to_ids("</s>")
@@ -167,7 +182,7 @@ def test_metaspace_tokenizers_get_no_added_space_and_clean_text_is_unchanged():
     shift = len(got.text) - len("<s>x</s> What")
     assert got.input_ids[mine:] == tail["input_ids"][theirs:]
     assert got.offsets[mine:] == [(a + shift, b + shift) for a, b in tail["offset_mapping"][theirs:]]
-    for token_id, (a, b) in zip(got.input_ids, got.offsets):
+    for a, b in got.offsets:
         assert 0 <= a <= b <= len(got.text)
 
 
