@@ -91,11 +91,20 @@ def _without_prefix_space(tokenizer_json: dict, continuation: bool) -> bool:
     return changed
 
 
-def _variant(backend, continuation: bool):
+def _variants(backend) -> tuple:
+    """Copies of the tokenizer for the pieces of a segment: (at offset 0, at a segment's start
+    after a template token, continuing a segment). Copies, because the tokenizer object may
+    carry truncation or padding settings that transformers only switches off per call."""
     from tokenizers import Tokenizer
 
     data = json.loads(backend.to_str())
-    return Tokenizer.from_str(json.dumps(data)) if _without_prefix_space(data, continuation) else backend
+    data["truncation"] = data["padding"] = None
+    plain = Tokenizer.from_str(json.dumps(data))
+    out = [plain]
+    for continuation in (False, True):
+        copy = json.loads(json.dumps(data))
+        out.append(Tokenizer.from_str(json.dumps(copy)) if _without_prefix_space(copy, continuation) else plain)
+    return tuple(out)
 
 
 class PlainText:
@@ -183,18 +192,17 @@ class PlainText:
     def _plain_segment(self, real: str, start: int, end: int, spans) -> tuple[list[int], list]:
         """Tokens of real[start:end], cut one character into each protected string."""
         if self._variants is None:
-            backend = self.tokenizer.backend_tokenizer
-            # (segment start after a template token, continuation of a segment)
-            self._variants = (_variant(backend, continuation=False), _variant(backend, continuation=True))
+            self._variants = _variants(self.tokenizer.backend_tokenizer)
+        at_zero, after_template_token, continuing = self._variants
         cuts = [start] + [a + 1 for a, _ in spans] + [end]
         ids, offsets = [], []
         for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
             if a >= b:
                 continue
             if k == 0:  # the segment's own start: as in a plain call (a space prepended at 0 only)
-                backend = self.tokenizer.backend_tokenizer if a == 0 else self._variants[0]
+                backend = at_zero if a == 0 else after_template_token
             else:
-                backend = self._variants[1]
+                backend = continuing
             encoding = backend.encode(real[a:b], add_special_tokens=False)
             ids += encoding.ids
             offsets += [(a + s, a + e) for s, e in encoding.offsets]
