@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmlora.collate import encode_for_training
 from mmlora.config import DataConfig
-from mmlora.data import Sample, assistant_turn, iter_samples, load_samples
+from mmlora.data import Sample, assistant_turn, iter_samples, load_samples, user_turn
 from mmlora.datacheck import run_data_command
 from mmlora.errors import MmloraError
 from test_plain_text import TWINS, processor_for
@@ -96,8 +96,6 @@ def test_every_family_renders_the_marker_in_place_with_its_spacing(name):
     reading as written."""
     processor = processor_for(name)
     question = "What is <image> here?"
-    from mmlora.data import user_turn
-
     sample = Sample([Image.new("RGB", (140, 112), "red")], [user_turn(question), assistant_turn("red")], "t")
     example = encode_for_training(processor, sample, 4096)
     assert example.input_ids.count(processor.image_token_id) == TWINS[name][2]
