@@ -51,6 +51,11 @@ def expand_placeholders(text: str, placeholder: str, counts: list[int]) -> str:
     of the expanded conversation, which is what lets the collator locate answer spans.
     """
     pieces = text.split(placeholder)
+    if len(pieces) - 1 > len(counts):
+        raise MmloraError(
+            f"The rendered prompt has {len(pieces) - 1} image placeholder(s) {placeholder!r} but the "
+            f"sample has {len(counts)} image(s); the chat template writes one placeholder per image part."
+        )
     return pieces[0] + "".join(
         getattr(counts[k], "text", placeholder * counts[k]) + rest for k, rest in enumerate(pieces[1:])
     )

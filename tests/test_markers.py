@@ -139,3 +139,11 @@ def test_infer_marker_mismatch_is_one_line_from_the_cli(folder, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Traceback" not in err
     assert err.splitlines()[-1].startswith("mmlora:") and "--prompt has 2 <image> marker(s)" in err
+
+
+def test_more_rendered_placeholders_than_images_is_a_clear_error_not_an_index_error():
+    from mmlora.processor import expand_placeholders
+
+    assert expand_placeholders("a<x>b", "<x>", [2]) == "a<x><x>b"
+    with pytest.raises(MmloraError, match=r"2 image placeholder\(s\) '<x>' but the sample has 1 image"):
+        expand_placeholders("a<x>b<x>", "<x>", [2])
