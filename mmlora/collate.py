@@ -74,9 +74,8 @@ def tokenize_text(processor: ImageTextProcessor, messages: list[dict], counts: l
     """Token ids and offsets of the rendered chat with image k expanded to counts[k] tokens,
     without any pixels: what the pre-scan uses to measure a sample before training."""
     text = expand_placeholders(processor.render(messages), processor.family.image_token, counts)
-    tokens = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                                 return_attention_mask=False)
-    return list(tokens["input_ids"]), [tuple(span) for span in tokens["offset_mapping"]]
+    tokens = processor.tokenize(text)
+    return tokens.input_ids, tokens.offsets
 
 
 def image_tokens_end(processor: ImageTextProcessor, messages: list[dict], counts: list[int],

@@ -6,8 +6,8 @@ and use the training pre-scan (mmlora.datascan), so what they report is what tra
 
 from __future__ import annotations
 
+import itertools
 import json
-import re
 import statistics
 
 from mmlora.collate import IGNORE_INDEX, answer_labels, fit_length, image_tokens_end, tokenize_text
@@ -112,12 +112,13 @@ def preview_samples(recipe, n: int = 3, split: str = "train", processor=None) ->
     cfg = recipe.data
     scan = scan_split(path, cfg, processor, split, expand_captions=split == "train", progress=False, limit=n)
     # The token repeated once per visual feature (Gemma 3's differs from its image marker).
-    feature = processor.family.feature_token
-    feature_run = re.compile(f"(?:{re.escape(feature)})+")
+    # Runs are found by token id: the same string written in the data is text, not a feature.
+    feature, feature_id = processor.family.feature_token, processor.image_token_id
 
     def decode(ids: list[int]) -> str:
-        text = processor.decode(ids, skip_special_tokens=False)
-        return feature_run.sub(lambda m: f"{feature}x{len(m.group()) // len(feature)}", text)
+        runs = itertools.groupby(ids, key=lambda token: token == feature_id)
+        return "".join(f"{feature}x{len(list(run))}" if is_feature
+                       else processor.decode(list(run), skip_special_tokens=False) for is_feature, run in runs)
 
     items = []
     for sample, counts in zip(scan.samples[:n], scan.image_tokens):

@@ -8,19 +8,22 @@
 - vqa:       `{"image", "question", "answer"}` or `{..., "answers": [...]}` (VQAv2: strings or
   `{"answer": ...}` objects; the most common answer is trained)
 
-Images without any placeholder in the conversation go before the text of the first user turn,
-the order Qwen2-VL and LLaVA use. Text parts are stripped of surrounding whitespace, so the same
-content gives identical samples in every format.
+In user text (a question, a user message, a ShareGPT human turn, the caption prompt) a literal
+`<image>` marks where an image goes, in every format (`mmlora.samples.marker_parts`); in system
+and assistant text it is plain text. Images without any placeholder in the conversation go before
+the text of the first user turn, the order Qwen2-VL and LLaVA use. Text is stripped of whitespace
+at its ends (spacing around a mid-sentence marker is kept), so the same content gives identical
+samples in every format.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 from mmlora.errors import MmloraError
 from mmlora.samples import (
-    RowError, Sample, assistant_turn, most_common_answer, system_turn, text_part, user_turn,
+    IMAGE_MARKER, RowError, Sample, assistant_turn, marker_parts, most_common_answer, system_turn, text_part,
+    user_turn,
 )
 
 FIELDS = ("image", "images", "caption", "captions", "question", "answer", "answers",
@@ -29,7 +32,6 @@ FIELDS = ("image", "images", "caption", "captions", "question", "answer", "answe
 
 JSON_FIELDS = ("images", "captions", "answers", "messages", "conversations")
 """Fields that hold lists; given as JSON text (e.g. a CSV cell) they are decoded."""
-IMAGE_TAG = re.compile(r"\n?<image>\n?")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
 
@@ -83,7 +85,7 @@ def row_to_samples(row, cfg, column_map: dict[str, str] | None = None, where: st
     if kind == "vqa":
         return [vqa_sample(row, cfg, where)]
     if kind == "sharegpt":
-        row = sharegpt_to_messages(row)
+        return [messages_sample(sharegpt_to_messages(row), cfg, where, field="conversations")]
     return [messages_sample(row, cfg, where)]
 
 
@@ -147,7 +149,7 @@ def caption_samples(row: dict, cfg, where: str, expand: bool) -> list[Sample]:
     images = _flat_images(row)
     name = "captions" if row.get("captions") is not None else "caption"
     captions = _clean_texts(row.get(name), name)
-    prompt = user_turn(cfg.caption_prompt, n_images=len(images))
+    prompt = user_turn(cfg.caption_prompt, n_images=len(images), field="data.caption_prompt")
     if expand and cfg.captions_per_image == "all":
         return [Sample(images, _with_system([prompt, assistant_turn(c)], cfg), where, captions) for c in captions]
     options = captions if cfg.captions_per_image == "random" and len(captions) > 1 else []
@@ -163,7 +165,7 @@ def vqa_sample(row: dict, cfg, where: str) -> Sample:
     name = "answers" if row.get("answers") is not None else "answer"
     answers = _clean_texts(row.get(name), name)
     prompt = cfg.question_template.replace("{question}", question.strip())
-    messages = _with_system([user_turn(prompt, n_images=len(images)), assistant_turn(most_common_answer(answers))], cfg)
+    messages = _with_system([user_turn(prompt, n_images=len(images), field="field 'question'"), assistant_turn(most_common_answer(answers))], cfg)
     return Sample(images, messages, where, answers)
 
 
@@ -181,18 +183,11 @@ def sharegpt_to_messages(row: dict) -> dict:
     return {"messages": messages, "images": _image_list(row, "image", "images")}
 
 
-def _split_image_tags(text: str) -> list[dict]:
-    pieces = IMAGE_TAG.split(text)
-    parts = [text_part(pieces[0])]
-    for piece in pieces[1:]:
-        parts += [{"type": "image"}, text_part(piece)]
-    return parts
-
-
-def _parts(content, where: str, inline: list) -> list[dict]:
-    """Content -> image/text parts; image references carried inside parts go to `inline`."""
+def _parts(content, where: str, inline: list, markers: bool) -> list[dict]:
+    """Content -> image/text parts; image references carried inside parts go to `inline`.
+    `markers`: `<image>` in the text marks an image (user turns); else it is plain text."""
     if isinstance(content, str):
-        raw = _split_image_tags(content)
+        raw = [text_part(content)]
     elif isinstance(content, list):
         raw = content
     else:
@@ -213,14 +208,16 @@ def _parts(content, where: str, inline: list) -> list[dict]:
             text = part.get("text")
             if not isinstance(text, str):
                 raise RowError("bad_row", f"{where}.content has a text part without text: {part!r}")
-            if text.strip():
+            if markers:
+                parts += marker_parts(text)
+            elif text.strip():
                 parts.append(text_part(text.strip()))
         else:
             raise RowError("bad_row", f"{where}.content has a part of type {kind!r} (only image and text)")
     return parts
 
 
-def messages_sample(row: dict, cfg, where: str) -> Sample:
+def messages_sample(row: dict, cfg, where: str, field: str = "messages") -> Sample:
     """A messages row: roles checked, contents turned into parts, images matched to placeholders."""
     raw = row.get("messages")
     if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
@@ -230,7 +227,7 @@ def messages_sample(row: dict, cfg, where: str) -> Sample:
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise RowError("bad_row", f"messages[{i}].role is {role!r}, expected system, user or assistant")
-        parts = _parts(message.get("content"), f"messages[{i}]", inline)
+        parts = _parts(message.get("content"), f"messages[{i}]", inline, markers=role == "user")
         if role == "assistant" and any(p["type"] == "image" for p in parts):
             raise RowError("bad_row", f"messages[{i}] is an assistant turn with an image; images belong in user turns")
         if role == "assistant" and not parts:
@@ -249,7 +246,9 @@ def messages_sample(row: dict, cfg, where: str) -> Sample:
             raise RowError("bad_row", "the row has images but no user turn to put them in")
         first_user["content"] = [{"type": "image"} for _ in images] + first_user["content"]
     elif placeholders != len(images):
-        raise RowError("image_mismatch", f"{placeholders} image placeholder(s) but {len(images)} image(s)")
+        raise RowError("image_mismatch", f"field '{field}': the user turns have {placeholders} image placeholder(s) "
+                                         f"({IMAGE_MARKER} markers and image parts) but the row has {len(images)} "
+                                         "image(s)")
     last_answer = [m for m in messages if m["role"] == "assistant"][-1]
     references = [" ".join(p["text"] for p in last_answer["content"])]
     return Sample(images, _with_system(messages, cfg), where, references)

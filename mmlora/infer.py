@@ -50,6 +50,8 @@ def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
     if not image_path.is_file():
         raise MmloraError(f"Image '{image}' not found.")
     picture = load_image(image_path, where=str(image_path))  # fails fast, before loading weights
+    # `<image>` in the prompt places the image (LLaVA writes `<image>\nQuestion`); else it goes first.
+    sample = Sample([picture], [user_turn(prompt, 1, field="--prompt")], source=str(image_path))
     cfg = model_config_for(model, adapter, min_pixels, max_pixels)
 
     import torch
@@ -65,5 +67,4 @@ def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
-    sample = Sample([picture], [user_turn(prompt)], source=str(image_path))
     return generate_answers(net, loaded.processor, [sample], 1, max_new_tokens, first_line=False)[0]

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mmlora.errors import MmloraError
 from mmlora.families import Family
+from mmlora.plaintext import PlainText, Tokenized
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ def expand_placeholders(text: str, placeholder: str, counts: list[int]) -> str:
     of the expanded conversation, which is what lets the collator locate answer spans.
     """
     pieces = text.split(placeholder)
+    if len(pieces) - 1 > len(counts):
+        raise MmloraError(
+            f"The rendered prompt has {len(pieces) - 1} image placeholder(s) {placeholder!r} but the "
+            f"sample has {len(counts)} image(s); the chat template writes one placeholder per image part."
+        )
     return pieces[0] + "".join(
         getattr(counts[k], "text", placeholder * counts[k]) + rest for k, rest in enumerate(pieces[1:])
     )
@@ -106,15 +113,25 @@ class ImageTextProcessor:
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    @cached_property
+    def plain_text(self) -> PlainText:
+        """Keeps special-token strings in message text plain text (mmlora.plaintext)."""
+        return PlainText(self.tokenizer, self.family)
+
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """The chat template applied to messages, as text with one placeholder per image.
 
+        Special-token strings inside message text (`<|im_end|>`, `</s>`, a family's image
+        token ...) come back as same-length sentinel runs (`PlainText.escape`), so they cannot
+        pass for template structure; `tokenize` / `encode` turn them into plain-text tokens.
         String contents are passed as one text part: some families' templates (SmolVLM) read
         only list contents and would drop a plain-string system prompt.
         """
         from jinja2 import TemplateError
 
-        messages = [{**m, "content": _as_parts(m["content"])} for m in messages]
+        escape = self.plain_text.escape
+        messages = [{**m, "content": [{**part, "text": escape(part["text"])} if part.get("type") == "text" else part
+                                      for part in _as_parts(m["content"])]} for m in messages]
         try:
             return self.tokenizer.apply_chat_template(
                 messages,
@@ -134,6 +151,10 @@ class ImageTextProcessor:
         """What image k's placeholder becomes (`ImageTokens`)."""
         return self.family.image_tokens(self.image_processor, self.model_config, vision, k)
 
+    def tokenize(self, text: str) -> Tokenized:
+        """Token ids and offsets of rendered text (special-token strings from data as plain text)."""
+        return self.plain_text.tokenize(text)
+
     def encode(self, text: str, images: list) -> Encoded:
         """Tokenise rendered text, replacing the k-th image placeholder with image k's tokens."""
         placeholder = self.family.image_token
@@ -149,10 +170,8 @@ class ImageTextProcessor:
             counts = [self.image_tokens(output, k) for k in range(len(images))]
             vision = {key: output[key] for key in self.family.vision_inputs if key in output}
             text = expand_placeholders(text, placeholder, counts)
-        tokens = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
-        )
-        input_ids = list(tokens["input_ids"])
+        tokens = self.tokenize(text)
+        input_ids = tokens.input_ids
         if input_ids.count(self.image_token_id) != sum(counts):
             raise MmloraError(
                 f"The tokenizer does not keep {self.family.feature_token!r} as one token: the "
@@ -161,8 +180,8 @@ class ImageTextProcessor:
             )
         return Encoded(
             input_ids=input_ids,
-            offsets=[tuple(span) for span in tokens["offset_mapping"]],
-            text=text,
+            offsets=tokens.offsets,
+            text=tokens.text,
             pixel_values=vision.get("pixel_values"),
             image_grid_thw=vision.get("image_grid_thw"),
             image_token_counts=counts,

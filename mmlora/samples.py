@@ -75,9 +75,49 @@ def text_part(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
-def user_turn(text: str, n_images: int = 1) -> dict:
-    """A user message with the images first, then the text (Qwen2-VL's documented order)."""
-    return {"role": "user", "content": [{"type": "image"}] * n_images + [text_part(text)]}
+IMAGE_MARKER = "<image>"
+"""Marks where an image goes in user text, in every row format, family and `mmlora infer --prompt`."""
+
+
+def marker_parts(text: str) -> list[dict]:
+    """User text -> text and image parts, one image part per `<image>` marker.
+
+    The text keeps its spacing around a marker in the middle (`What is <image> here?` ->
+    `What is `, image, ` here?`); whitespace at the start and end of the whole text goes, as
+    does whitespace that only separates markers (`<image>\nQ` -> image, `Q`), so the same
+    content gives the same sample whichever way it is written.
+    """
+    pieces = text.split(IMAGE_MARKER)
+    worded = [i for i, piece in enumerate(pieces) if piece.strip()]
+    parts = []
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            parts.append({"type": "image"})
+        if i not in worded:
+            continue
+        if i == worded[0]:
+            piece = piece.lstrip()
+        if i == worded[-1]:
+            piece = piece.rstrip()
+        parts.append(text_part(piece))
+    return parts
+
+
+def user_turn(text: str, n_images: int = 1, field: str = "question") -> dict:
+    """A user message from text that may hold `<image>` markers (see `marker_parts`).
+
+    Without markers the images go first, then the text (Qwen2-VL's and LLaVA's documented
+    order); with markers there must be one per image, else a RowError names `field`.
+    """
+    if IMAGE_MARKER not in text:
+        return {"role": "user", "content": [{"type": "image"}] * n_images + [text_part(text)]}
+    parts = marker_parts(text)
+    markers = sum(part["type"] == "image" for part in parts)
+    if markers != n_images:
+        raise RowError("image_mismatch", f"{field} has {markers} {IMAGE_MARKER} marker(s) but there "
+                                         f"{'is' if n_images == 1 else 'are'} {n_images} image(s); "
+                                         f"write one {IMAGE_MARKER} per image, or none to put the images first")
+    return {"role": "user", "content": parts}
 
 
 def assistant_turn(text: str) -> dict:
