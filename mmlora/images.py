@@ -85,7 +85,8 @@ def _not_a_file_error(described: str, path: Path, suffix: str = "") -> RowError:
     problem = not_a_file(path) or "does not exist"
     if problem.startswith("does not exist"):
         return RowError("missing_image", f"{described} not found{suffix}")
-    return RowError("image_not_a_file", f"{described} {problem}{suffix}")
+    reason = "missing_image" if problem.endswith("does not exist") else "image_not_a_file"  # a dangling link
+    return RowError(reason, f"{described} {problem}{suffix}")
 
 
 def _data_uri_bytes(uri: str) -> bytes:
