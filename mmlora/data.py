@@ -83,8 +83,9 @@ def check_mapped_columns(name: str, column_map: dict[str, str], columns: list[st
     absent = [source for source in column_map if source not in columns]
     if absent:
         pairs = ", ".join(f"'{source}' onto '{column_map[source]}'" for source in absent)
+        names = ", ".join(f"'{source}'" for source in absent)
         raise MmloraError(f"{name}: data.column_map maps {pairs}, but {lacks} column "
-                          f"{', '.join(repr(a) for a in absent)} (its columns: {field_list(columns)}). "
+                          f"{names} (its columns: {field_list(columns)}). "
                           "Fix the column name in data.column_map.")
 
 

@@ -247,8 +247,12 @@ def _parts(content, where: str, inline: list) -> list[dict]:
 
 def _plain_text_content(message: dict, index: int) -> dict:
     """A message whose numbers are text and whose invisible-only text is empty (so an
-    assistant turn of zero-width spaces is an empty turn), before it becomes parts."""
+    assistant turn of zero-width spaces is an empty turn), before it becomes parts; a role or
+    text part of the wrong type is refused here, shown as the user wrote it."""
     where = f"messages[{index}].content"
+    if message.get("role") not in ("system", "user", "assistant"):
+        raise RowError("bad_row", f"messages[{index}].role is {readable(message.get('role'))}, "
+                                  "expected system, user or assistant")
     content = as_text(message.get("content"), where)
     if isinstance(content, str):
         content = "" if is_blank(content) else content
@@ -258,10 +262,12 @@ def _plain_text_content(message: dict, index: int) -> dict:
 
 
 def _plain_text_part(part, where: str):
-    if not isinstance(part, dict) or "text" not in part:
-        return part
+    if not isinstance(part, dict) or (part.get("type") or ("image" if "image" in part else "text")) != "text":
+        return part  # images and unknown parts are checked in _parts
     text = as_text(part["text"], f"{where}.text")
-    return {**part, "text": "" if isinstance(text, str) and is_blank(text) else text}
+    if not isinstance(text, str):
+        raise RowError("bad_row", f"{where} has a text part without text: {readable(part)}")
+    return {**part, "text": "" if is_blank(text) else text}
 
 
 def _check_user_first(messages: list[dict]) -> None:

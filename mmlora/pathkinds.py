@@ -28,7 +28,7 @@ def not_a_file(path: Path) -> str | None:
             return "does not exist (a part of the path is a file, not a folder)"
         return "does not exist"
     if stat.S_ISREG(mode):
-        return None
+        return None if os.access(path, os.R_OK) else "cannot be read (permission denied)"
     if stat.S_ISDIR(mode):
         return "is a folder, not a file"
     if stat.S_ISFIFO(mode):

@@ -195,3 +195,17 @@ def test_no_usable_samples_says_which_max_length_fits(folder, processor):
                      progress=False)
     with pytest.raises(MmloraError, match=r"Every row is bad: `mmlora data check RECIPE` lists each"):
         enforce_on_error(bad, "skip")
+
+
+def test_messages_errors_show_values_as_written_not_python_reprs(folder):
+    write_jsonl(folder / "m.jsonl", [
+        {"messages": [{"role": {"name": "user"}, "content": "Q"}, {"role": "assistant", "content": "A"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]},
+                      {"role": "assistant", "content": "A"}]},
+        {"messages": [{"role": "user", "content": {"text": "Q"}}, {"role": "assistant", "content": "A"}]},
+    ])
+    assert [message for _, message in outcomes(folder / "m.jsonl")] == [
+        'messages[0].role is {"name": "user"}, expected system, user or assistant',
+        'messages[0].content has a text part without text: {"type": "text", "text": null}',
+        'messages[0].content must be text or a list of parts, got {"text": "Q"}',
+    ]
