@@ -3,8 +3,8 @@
 Excel's "CSV UTF-8" and many Windows tools start files with a UTF-8 byte-order mark
 (EF BB BF); Excel's "Unicode text" export is UTF-16 with its own BOM (FF FE). A BOM says how
 the file is encoded and is not part of the first row, so it is removed and the file decoded
-accordingly. Without a BOM a file is read as UTF-8 (JSON Lines line by line, so one bad line
-is one bad row).
+accordingly; UTF-16 without a BOM is recognised by its zero bytes. Any other file is read as
+UTF-8 (JSON Lines line by line, so one bad line is one bad row).
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ def sniff_encoding(path: Path) -> str:
     for bom, codec in BOMS:
         if head.startswith(bom):
             return codec
+    # UTF-16 without a BOM: ASCII text (every file's first characters here: `{`, `[`, a header)
+    # has a zero byte beside each character, the way JSON's RFC 4627 tells encodings apart.
+    if len(head) == 4 and head[0] and not head[1] and head[2] and not head[3]:
+        return "utf-16-le"
+    if len(head) == 4 and not head[0] and head[1] and not head[2] and head[3]:
+        return "utf-16-be"
     return "utf-8"
 
 

@@ -162,7 +162,7 @@ def bom_files(folder) -> dict:
 
 
 @pytest.mark.parametrize("bom, codec", [(codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
-                                        (codecs.BOM_UTF16_BE, "utf-16-be")])
+                                        (codecs.BOM_UTF16_BE, "utf-16-be"), (b"", "utf-16-le"), (b"", "utf-16-be")])
 def test_byte_order_marks_are_accepted_in_every_text_format(folder, bom, codec):
     for name, text in bom_files(folder).items():
         (folder / name).write_bytes(bom + text.replace("\n", "\r\n").encode(codec))
