@@ -140,8 +140,11 @@ def load_samples(path, cfg, task: str | None = None, expand_captions: bool = Fal
                 log.warning("skipping %s", result.problem)
             continue
         samples.extend(result.samples)
+    counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
     if skipped:
-        log.warning("%s: skipped %d bad row(s): %s", path, sum(skipped.values()), dict(skipped))
+        log.warning("%s: skipped %d bad row(s): %s", path, sum(skipped.values()), counts)
     if not samples:
-        raise MmloraError(f"Data '{path}' has no usable rows.")
+        what = f"all {sum(skipped.values())} rows were skipped: {counts}" if skipped else "it has no rows"
+        raise MmloraError(f"Data '{path}' has no usable rows ({what}); `mmlora data check RECIPE` lists each "
+                          "bad row with its reason.")
     return samples

@@ -165,14 +165,19 @@ def enforce_on_error(scan: SplitScan, on_error: str) -> None:
     """Stop before training when rows are bad and data.on_error=raise, or nothing is usable."""
     if scan.problems and on_error == "raise":
         first, more = scan.problems[0], len(scan.problems) - 1
-        others = f" (and {more} more bad row(s): {scan.skipped()})" if more else ""
+        others = f" (and {more} more bad row(s): {reason_counts(scan.skipped())})" if more else ""
         raise MmloraError(
             f"{first}{others}. Fix the data or set data.on_error=skip to skip bad rows; "
             "`mmlora data check RECIPE` lists them all."
         )
     if not scan.samples:
-        raise MmloraError(f"{scan.source}: no usable samples ({scan.rows} rows; bad: {scan.skipped()}; "
+        raise MmloraError(f"{scan.source}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
                           f"over data.max_length={scan.max_length}: {len(scan.too_long)}). {next_step(scan)}")
+
+
+def reason_counts(counts: dict[str, int]) -> str:
+    """`missing_image 2, not_utf8 1` (or `none`): counts by reason for a one-line message."""
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
 
 
 def next_step(scan: SplitScan) -> str:

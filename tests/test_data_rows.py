@@ -209,3 +209,17 @@ def test_messages_errors_show_values_as_written_not_python_reprs(folder):
         'messages[0].content has a text part without text: {"type": "text", "text": null}',
         'messages[0].content must be text or a list of parts, got {"text": "Q"}',
     ]
+
+
+def test_messages_count_skips_in_words_not_dict_reprs(folder, processor):
+    path = write_jsonl(folder / "bad.jsonl", [{"image": "a.png"}, {"image": "missing.png", "caption": "x"},
+                                              {"image": "a.png", "caption": "x"}])
+    scan = scan_split(path, DataConfig(train="x"), processor, progress=False)
+    with pytest.raises(MmloraError) as info:
+        enforce_on_error(scan, "raise")
+    assert "(and 1 more bad row(s): missing_answer 1, missing_image 1)" in str(info.value)
+    write_jsonl(folder / "all_bad.jsonl", [{"image": "a.png"}, {"image": "missing.png", "caption": "x"}])
+    with pytest.raises(MmloraError) as info:
+        load_samples(folder / "all_bad.jsonl", DataConfig(train="x", on_error="skip"))
+    assert "has no usable rows (all 2 rows were skipped: missing_answer 1, missing_image 1)" in str(info.value)
+    assert "{" not in str(info.value)
