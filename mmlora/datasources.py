@@ -83,7 +83,9 @@ def _open_parquet(path: Path):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        # Files written with page checksums (write_page_checksum=True) are verified: a flipped
+        # byte in a dictionary-encoded page otherwise decodes silently as another row's value.
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for unreadable files
         raise MmloraError(f"{path}: not a readable Parquet file ({err}).") from None
 

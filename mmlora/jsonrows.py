@@ -40,7 +40,7 @@ def json_file_rows(path: Path) -> Rows:
     head = first_text(path).lstrip()
     if head.startswith("["):
         return document_rows(path, _whole_document(path, strict=True))
-    if head.startswith("{"):
+    if head.startswith("{") and path.stat().st_size <= WHOLE_DOCUMENT_LIMIT:
         document = _whole_document(path, strict=False)
         if document is not None:
             return document_rows(path, document)

@@ -97,6 +97,23 @@ def test_parquet_with_intact_footer_but_corrupt_pages_reports_the_rows_it_loses(
     assert good[100].samples[0].messages[-1]["content"][0]["text"] == "answer 200"  # group 3 still read
 
 
+def test_parquet_page_checksums_are_verified(folder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{"image": "a.png", "question": "Q?", "answer": f"answer {i}"} for i in range(300)])
+    pq.write_table(table, folder / "c.parquet", row_group_size=100, compression="none", write_page_checksum=True)
+    column = pq.ParquetFile(folder / "c.parquet").metadata.row_group(1).column(2)
+    data = bytearray((folder / "c.parquet").read_bytes())
+    end = (column.dictionary_page_offset or column.data_page_offset) + column.total_compressed_size
+    for i in range(end - 20, end - 15):
+        data[i] ^= 0x01  # dictionary indices: unverified, rows silently get other rows' answers
+    (folder / "c.parquet").write_bytes(bytes(data))
+    found = results(folder / "c.parquet")
+    assert [r.where.rsplit(" ", 1)[1] for r in found if r.problem] == ["101-200"]
+    assert len([r for r in found if r.problem is None]) == 200
+
+
 def test_truncated_arrow_file_in_a_save_to_disk_folder_is_one_error_naming_it(folder):
     import datasets
 
