@@ -46,10 +46,10 @@ def open_source(source, image_root: Path | None = None) -> Source:
         return Source("dataset", image_root or Path.cwd(), _arrow_rows(source, "dataset"), image_root is not None,
                       list(source.column_names))
     path = Path(source)
-    if path.is_dir():
+    problem = not_a_file(path)
+    if problem == "is a folder, not a file":
         rows, root, columns = _folder_rows(path)
         return Source(str(path), image_root or root, rows, columns=columns)
-    problem = not_a_file(path)
     if problem:
         raise MmloraError(f"Data '{path}' {problem} (give a .jsonl/.json/.csv/.parquet file or a dataset folder).")
     return Source(str(path), image_root or path.parent, file_rows(path), columns=file_columns(path))

@@ -17,6 +17,8 @@ def not_a_file(path: Path) -> str | None:
     "is a folder, not a file" or "does not exist"."""
     try:
         mode = os.stat(path).st_mode
+    except ValueError:  # os.stat refuses a NUL character before asking the system
+        return "is not a valid path (it contains a NUL character)"
     except OSError as err:
         if err.errno == errno.ELOOP:
             return "is a symbolic link loop (the link points back to itself)"
@@ -24,6 +26,8 @@ def not_a_file(path: Path) -> str | None:
             return f"is a symbolic link to '{os.readlink(path)}', which does not exist"
         if err.errno == errno.EACCES:
             return "cannot be read (permission denied)"
+        if err.errno == errno.ENAMETOOLONG:
+            return "is not a valid path (a name in it is too long for the file system)"
         if err.errno == errno.ENOTDIR:
             return "does not exist (a part of the path is a file, not a folder)"
         return "does not exist"

@@ -223,3 +223,13 @@ def test_messages_count_skips_in_words_not_dict_reprs(folder, processor):
         load_samples(folder / "all_bad.jsonl", DataConfig(train="x", on_error="skip"))
     assert "has no usable rows (all 2 rows were skipped: missing_answer 1, missing_image 1)" in str(info.value)
     assert "{" not in str(info.value)
+
+
+def test_image_paths_no_file_system_accepts_are_row_errors(folder):
+    rows = [{"image": "a\u0000.png", "caption": "x"}, {"image": "a" * 5000 + ".png", "caption": "x"},
+            {"image": "a.png", "caption": "x"}]
+    found = outcomes(write_jsonl(folder / "odd.jsonl", rows))
+    assert found[0] == ("bad_row", "image 'a\u0000.png' is not a valid path (it contains a NUL character)")
+    assert found[1][0] == "bad_row" and found[1][1].endswith("is not a valid path (a name in it is too long for "
+                                                             "the file system)")
+    assert found[2] == "x"
