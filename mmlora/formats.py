@@ -245,41 +245,6 @@ def _parts(content, where: str, inline: list) -> list[dict]:
     return parts
 
 
-def _plain_text_content(message: dict, index: int) -> dict:
-    """A message whose numbers are text and whose invisible-only text is empty (so an
-    assistant turn of zero-width spaces is an empty turn), before it becomes parts; a role or
-    text part of the wrong type is refused here, shown as the user wrote it."""
-    where = f"messages[{index}].content"
-    if message.get("role") not in ("system", "user", "assistant"):
-        raise RowError("bad_row", f"messages[{index}].role is {readable(message.get('role'))}, "
-                                  "expected system, user or assistant")
-    content = as_text(message.get("content"), where)
-    if isinstance(content, str):
-        content = "" if is_blank(content) else content
-    elif isinstance(content, list):
-        content = [_plain_text_part(part, where) for part in content]
-    return {**message, "content": content}
-
-
-def _plain_text_part(part, where: str):
-    if not isinstance(part, dict) or (part.get("type") or ("image" if "image" in part else "text")) != "text":
-        return part  # images and unknown parts are checked in _parts
-    text = as_text(part["text"], f"{where}.text")
-    if not isinstance(text, str):
-        raise RowError("bad_row", f"{where} has a text part without text: {readable(part)}")
-    return {**part, "text": "" if is_blank(text) else text}
-
-
-def _check_user_first(messages: list[dict]) -> None:
-    """Chat templates expect the user to speak first (after any system turn); Qwen's renders
-    an assistant-first conversation as nothing and Gemma's raises. Refused, with the fix."""
-    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
-    if first is not None and messages[first]["role"] == "assistant":
-        raise RowError("bad_row", f"messages[{first}] is an assistant turn before any user turn: a conversation "
-                                  "must start with the user (after an optional system turn); remove the opening "
-                                  "assistant turn or move its text into the system turn")
-
-
 def messages_sample(row: dict, cfg, where: str) -> Sample:
     """A messages row: roles checked, contents turned into parts, images matched to placeholders."""
     raw = row.get("messages")
@@ -315,3 +280,38 @@ def messages_sample(row: dict, cfg, where: str) -> Sample:
     last_answer = [m for m in messages if m["role"] == "assistant"][-1]
     references = [" ".join(p["text"] for p in last_answer["content"])]
     return Sample(images, _with_system(messages, cfg), where, references)
+
+
+def _plain_text_content(message: dict, index: int) -> dict:
+    """A message whose numbers are text and whose invisible-only text is empty (so an
+    assistant turn of zero-width spaces is an empty turn), before it becomes parts; a role or
+    text part of the wrong type is refused here, shown as the user wrote it."""
+    where = f"messages[{index}].content"
+    if message.get("role") not in ("system", "user", "assistant"):
+        raise RowError("bad_row", f"messages[{index}].role is {readable(message.get('role'))}, "
+                                  "expected system, user or assistant")
+    content = as_text(message.get("content"), where)
+    if isinstance(content, str):
+        content = "" if is_blank(content) else content
+    elif isinstance(content, list):
+        content = [_plain_text_part(part, where) for part in content]
+    return {**message, "content": content}
+
+
+def _plain_text_part(part, where: str):
+    if not isinstance(part, dict) or (part.get("type") or ("image" if "image" in part else "text")) != "text":
+        return part  # images and unknown parts are checked in _parts
+    text = as_text(part["text"], f"{where}.text")
+    if not isinstance(text, str):
+        raise RowError("bad_row", f"{where} has a text part without text: {readable(part)}")
+    return {**part, "text": "" if is_blank(text) else text}
+
+
+def _check_user_first(messages: list[dict]) -> None:
+    """Chat templates expect the user to speak first (after any system turn); Qwen's renders
+    an assistant-first conversation as nothing and Gemma's raises. Refused, with the fix."""
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
+    if first is not None and messages[first]["role"] == "assistant":
+        raise RowError("bad_row", f"messages[{first}] is an assistant turn before any user turn: a conversation "
+                                  "must start with the user (after an optional system turn); remove the opening "
+                                  "assistant turn or move its text into the system turn")
