@@ -301,7 +301,7 @@ def _plain_text_content(message: dict, index: int) -> dict:
 def _plain_text_part(part, where: str):
     if not isinstance(part, dict) or (part.get("type") or ("image" if "image" in part else "text")) != "text":
         return part  # images and unknown parts are checked in _parts
-    text = as_text(part["text"], f"{where}.text")
+    text = as_text(part.get("text"), f"{where}.text")
     if not isinstance(text, str):
         raise RowError("bad_row", f"{where} has a text part without text: {readable(part)}")
     return {**part, "text": "" if is_blank(text) else text}

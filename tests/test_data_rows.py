@@ -203,11 +203,13 @@ def test_messages_errors_show_values_as_written_not_python_reprs(folder):
         {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]},
                       {"role": "assistant", "content": "A"}]},
         {"messages": [{"role": "user", "content": {"text": "Q"}}, {"role": "assistant", "content": "A"}]},
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": [{"type": "text"}]}]},
     ])
     assert [message for _, message in outcomes(folder / "m.jsonl")] == [
         'messages[0].role is {"name": "user"}, expected system, user or assistant',
         'messages[0].content has a text part without text: {"type": "text", "text": null}',
         'messages[0].content must be text or a list of parts, got {"text": "Q"}',
+        'messages[1].content has a text part without text: {"type": "text"}',
     ]
 
 
