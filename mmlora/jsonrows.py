@@ -91,7 +91,8 @@ def jsonl_rows(path: Path) -> Rows:
         if not text.strip():
             continue
         try:
-            row = parse_json(text)
+            # A BOM at the start of a later line: files with BOMs concatenated (`cat a.jsonl b.jsonl`).
+            row = parse_json(text.removeprefix("\ufeff"))
         except RowError as err:
             if first and err.detail != TOO_DEEP and path.stat().st_size <= WHOLE_DOCUMENT_LIMIT:
                 document = _whole_document(path, strict=False)

@@ -186,6 +186,12 @@ def test_byte_order_marks_are_accepted_in_every_text_format(folder, bom, codec):
         assert answers(folder / name) == ["red", "a circle"], name
 
 
+def test_concatenated_files_with_byte_order_marks_are_read(folder):
+    part = codecs.BOM_UTF8 + "".join(json.dumps(r) + "\r\n" for r in ROWS).encode()
+    (folder / "cat.jsonl").write_bytes(part + part)
+    assert answers(folder / "cat.jsonl") == ["red", "a circle"] * 2
+
+
 def test_invalid_utf16_is_one_file_error(folder):
     (folder / "bad16.jsonl").write_bytes(codecs.BOM_UTF16_LE + json.dumps(ROWS[0]).encode("utf-16-le") + b"\x00\xd8")
     with pytest.raises(MmloraError, match=r"bad16\.jsonl: not valid UTF-16 text .*re-export the file as UTF-8"):
