@@ -19,6 +19,7 @@ from mmlora.errors import MmloraError
 from mmlora.formats import parse_column_map, row_to_samples
 from mmlora.images import ImageInfo, inspect_image, load_image, resolve_image
 from mmlora.paths import resolve_data_path
+from mmlora.rowtext import field_list
 from mmlora.samples import (
     REASONS, RowError, Sample, assistant_turn, most_common_answer, text_of, user_turn,
 )
@@ -53,9 +54,14 @@ def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResu
     """
     if isinstance(source, str):
         source = resolve_data_path(source)
+    column_map = parse_column_map(cfg.column_map)  # a recipe mistake before any file is read
     opened = open_source(source, image_root(cfg))
-    column_map = parse_column_map(cfg.column_map)
+    if opened.columns is not None:
+        check_mapped_columns(opened.name, column_map, opened.columns)
+    seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
     for where, row in opened.rows:
+        if column_map and opened.columns is None and isinstance(row, dict):
+            seen.update(row)
         if isinstance(row, RowError):
             yield RowResult(where, problem=row.at(where))
             continue
@@ -68,6 +74,19 @@ def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResu
             yield RowResult(where, problem=err.at(where))
             continue
         yield RowResult(where, samples)
+    if column_map and opened.columns is None and seen:
+        check_mapped_columns(opened.name, column_map, sorted(seen), "no row has")
+
+
+def check_mapped_columns(name: str, column_map: dict[str, str], columns: list[str], lacks: str = "it has no") -> None:
+    """MmloraError, once for the file, when data.column_map names a column the data lacks."""
+    absent = [source for source in column_map if source not in columns]
+    if absent:
+        pairs = ", ".join(f"'{source}' onto '{column_map[source]}'" for source in absent)
+        names = ", ".join(f"'{source}'" for source in absent)
+        raise MmloraError(f"{name}: data.column_map maps {pairs}, but {lacks} column "
+                          f"{names} (its columns: {field_list(columns)}). "
+                          "Fix the column name in data.column_map.")
 
 
 class ImageChecker:
@@ -121,8 +140,11 @@ def load_samples(path, cfg, task: str | None = None, expand_captions: bool = Fal
                 log.warning("skipping %s", result.problem)
             continue
         samples.extend(result.samples)
+    counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
     if skipped:
-        log.warning("%s: skipped %d bad row(s): %s", path, sum(skipped.values()), dict(skipped))
+        log.warning("%s: skipped %d bad row(s): %s", path, sum(skipped.values()), counts)
     if not samples:
-        raise MmloraError(f"Data '{path}' has no usable rows.")
+        what = f"all {sum(skipped.values())} rows were skipped: {counts}" if skipped else "it has no rows"
+        raise MmloraError(f"Data '{path}' has no usable rows ({what}); `mmlora data check RECIPE` lists each "
+                          "bad row with its reason.")
     return samples

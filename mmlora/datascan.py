@@ -128,6 +128,9 @@ def scan_split(source, cfg, processor, name: str = "train", expand_captions: boo
                 scan.problems.append(err.at(result.where))
             except MmloraError as err:  # e.g. the family's template refuses this conversation
                 scan.problems.append(RowError("bad_row", str(err), result.where))
+            except (TypeError, ValueError, UnicodeError) as err:  # the tokenizer or template refuses the text
+                scan.problems.append(RowError("bad_row", f"the {processor.family.name} processor cannot encode this "
+                                                         f"row ({type(err).__name__}: {err})", result.where))
         if limit is not None and len(scan.samples) >= limit:
             break
     return scan
@@ -162,16 +165,32 @@ def enforce_on_error(scan: SplitScan, on_error: str) -> None:
     """Stop before training when rows are bad and data.on_error=raise, or nothing is usable."""
     if scan.problems and on_error == "raise":
         first, more = scan.problems[0], len(scan.problems) - 1
-        others = f" (and {more} more bad row(s): {scan.skipped()})" if more else ""
+        others = f" (and {more} more bad row(s): {reason_counts(scan.skipped())})" if more else ""
         raise MmloraError(
             f"{first}{others}. Fix the data or set data.on_error=skip to skip bad rows; "
             "`mmlora data check RECIPE` lists them all."
         )
     if not scan.samples:
-        raise MmloraError(
-            f"{scan.source}: no usable samples ({scan.rows} rows; bad: {scan.skipped()}; "
-            f"over data.max_length={scan.max_length}: {len(scan.too_long)})."
-        )
+        raise MmloraError(f"{scan.source}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
+                          f"over data.max_length={scan.max_length}: {len(scan.too_long)}). {next_step(scan)}")
+
+
+def reason_counts(counts: dict[str, int]) -> str:
+    """`missing_image 2, not_utf8 1` (or `none`): counts by reason for a one-line message."""
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
+def next_step(scan: SplitScan) -> str:
+    """What to change when a split has no usable sample, computed from what the scan measured."""
+    if scan.rows == 0:
+        return "The data has no rows: check the path in the recipe."
+    if not scan.lengths:
+        return ("Every row is bad: `mmlora data check RECIPE` lists each with its reason; fix those "
+                "(the first: " + (str(scan.problems[0]) if scan.problems else "-") + ").")
+    ordered = sorted(scan.lengths)
+    return (f"The samples need {ordered[0]} to {ordered[-1]} tokens (median {ordered[len(ordered) // 2]}): set "
+            f"data.max_length={ordered[-1]} to keep all of them (at least {ordered[0]} keeps the shortest), or "
+            "lower model.max_pixels to give images fewer visual tokens.")
 
 
 def summary_line(scan: SplitScan) -> str:
@@ -258,19 +277,55 @@ class TrainingData:
     dataset: TrainingDataset
     scan: SplitScan
     callbacks: list
+    eval_scan: SplitScan | None = None
+    """data.eval, pre-scanned like train (one sample per row): its usable samples are what the
+    in-training evaluation uses."""
+    eval_dataset: TrainingDataset | None = None
+
+    def eval_parts(self) -> tuple[list[Sample] | None, "TrainingDataset | None"]:
+        """(eval samples, eval-loss dataset) for TrainingEvaluation; (None, None) without data.eval."""
+        if self.eval_scan is None:
+            return None, None
+        return self.eval_scan.samples, self.eval_dataset
+
+
+def run_report(scan: SplitScan, eval_scan: SplitScan | None) -> dict:
+    """data_report.json: the train split's counts at the top level, data.eval's under "eval"."""
+    report = scan_report(scan)
+    if eval_scan is not None:
+        report["eval"] = scan_report(eval_scan)
+    return report
 
 
 def prepare_training_data(recipe, processor=None, report_dir: Path | None = None) -> TrainingData:
-    """Pre-scan data.train before any training step: raise on bad rows (on_error=raise) or skip
-    them, print what was skipped, dropped or truncated, and write data_report.json to report_dir."""
+    """Pre-scan data.train and data.eval before any weights load or step runs: raise on bad rows
+    (on_error=raise) or skip them, print what was skipped, dropped or truncated, and write
+    data_report.json to report_dir. Eval is checked here, not at the first evaluation, so a bad
+    or over-long eval row cannot stop a run after its first epoch."""
     import json
 
     processor = processor or load_data_processor(recipe.model)
     scan = scan_split(recipe.data.train, recipe.data, processor, "train")
     enforce_on_error(scan, recipe.data.on_error)
+    eval_scan = None
+    if recipe.data.eval:
+        eval_scan = scan_split(recipe.data.eval, recipe.data, processor, "eval", expand_captions=False)
+        enforce_on_error(eval_scan, recipe.data.on_error)
     if report_dir is not None:  # only the main process reports (see train.py)
         print(summary_line(scan))
+        if eval_scan is not None:
+            print(summary_line(eval_scan))
         report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / "data_report.json").write_text(json.dumps(scan_report(scan), indent=2) + "\n")
+        (report_dir / "data_report.json").write_text(json.dumps(run_report(scan, eval_scan), indent=2) + "\n")
     dataset = TrainingDataset(scan, processor, recipe.data, recipe.train.seed)
-    return TrainingData(dataset, scan, [epoch_callback(dataset)])
+    eval_dataset = eval_loss_dataset(eval_scan, processor, recipe.data) if eval_scan is not None else None
+    return TrainingData(dataset, scan, [epoch_callback(dataset)], eval_scan, eval_dataset)
+
+
+def eval_loss_dataset(eval_scan: SplitScan, processor, cfg) -> TrainingDataset:
+    """The eval-loss dataset: scanned eval samples, encoded as training encodes them (same
+    max_length, truncation and train_on), each with one fixed answer (the first caption that
+    fits), so the eval loss is comparable from one evaluation to the next."""
+    dataset = TrainingDataset(eval_scan, processor, cfg, seed=0)
+    dataset.samples = [s.with_final_answer(s.answer_options[0]) if s.answer_options else s for s in eval_scan.samples]
+    return dataset

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 
 from mmlora.errors import MmloraError
+from mmlora.jsonrows import describe_wrapper
+from mmlora.rowtext import as_text, check_unicode, field_list, is_blank, readable
 from mmlora.samples import (
     IMAGE_MARKER, RowError, Sample, assistant_turn, marker_parts, most_common_answer, system_turn, text_part,
     user_turn,
@@ -65,7 +67,8 @@ def detect_format(row: dict) -> str:
     if "image" in row or "images" in row:
         raise RowError("missing_answer", "the row has an image but no 'caption', 'question'/'answer', "
                                          "'messages' or 'conversations' field")
-    raise RowError("bad_row", f"no known fields (got {sorted(row)[:8]}); rename columns with data.column_map")
+    raise RowError("bad_row", f"no known fields (the row has {field_list(sorted(row))}){describe_wrapper(row)}; "
+                              "rename columns with data.column_map")
 
 
 def row_to_samples(row, cfg, column_map: dict[str, str] | None = None, where: str = "",
@@ -75,10 +78,22 @@ def row_to_samples(row, cfg, column_map: dict[str, str] | None = None, where: st
     (paths unresolved); raises RowError.
     """
     if not isinstance(row, dict):
-        raise RowError("bad_row", f"expected an object with named fields, got {type(row).__name__}")
+        raise RowError("bad_row", f"expected an object with named fields, got {readable(row)}")
+    check_unicode(row)
+    raw = row
     # Columnar sources (Parquet, datasets) give every row every column: null means absent.
     row = {column_map.get(key, key) if column_map else key: value for key, value in row.items() if value is not None}
-    row = _decode_json_strings(row)
+    try:
+        return _samples(_decode_json_strings(row), cfg, where, expand_captions)
+    except RowError as err:
+        absent = [source for source, target in (column_map or {}).items() if source not in raw and target not in row]
+        if not absent:
+            raise
+        raise RowError(err.reason, f"{err.detail} (data.column_map renames {field_list(absent)}, but this row has no "
+                                   f"such column; its fields: {field_list(sorted(raw))})") from None
+
+
+def _samples(row: dict, cfg, where: str, expand_captions: bool) -> list[Sample]:
     kind = detect_format(row) if cfg.format == "auto" else cfg.format
     if kind == "caption":
         return caption_samples(row, cfg, where, expand_captions)
@@ -99,6 +114,8 @@ def _decode_json_strings(row: dict) -> dict:
                 decoded[name] = json.loads(value)
             except json.JSONDecodeError as err:
                 raise RowError("malformed_json", f"field '{name}' is not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise RowError("malformed_json", f"field '{name}' is JSON nested too deeply to read") from None
     return decoded
 
 
@@ -118,13 +135,21 @@ def _clean_texts(values, field_name: str) -> list[str]:
         values = [values]
     if not values:
         raise RowError("missing_answer", f"field '{field_name}' is an empty list")
-    texts = [v.get("answer") if isinstance(v, dict) else v for v in values]
+    texts = [as_text(v.get("answer") if isinstance(v, dict) else v, field_name) for v in values]
     if not all(isinstance(t, str) for t in texts):
-        raise RowError("bad_row", f"field '{field_name}' must hold strings, got {values[:3]!r}")
+        raise RowError("bad_row", f"field '{field_name}' must hold text, got {readable(values[:3])}")
+    # Zero-width spaces, joiners and other invisible characters alone are no answer either.
     texts = [t.strip() for t in texts]
-    if not any(texts):
-        raise RowError("empty_answer", f"field '{field_name}' is empty")
-    return [t for t in texts if t]
+    if all(is_blank(t) for t in texts):
+        raise RowError("empty_answer", f"field '{field_name}' is empty" + _invisible_note(texts))
+    return [t for t in texts if not is_blank(t)]
+
+
+def _invisible_note(texts: list[str]) -> str:
+    shown = next((t for t in texts if t), "")
+    if not shown:
+        return ""
+    return f" (only invisible characters: {' '.join(f'U+{ord(ch):04X}' for ch in shown[:6])})"
 
 
 def _with_system(messages: list[dict], cfg) -> list[dict]:
@@ -159,9 +184,9 @@ def caption_samples(row: dict, cfg, where: str, expand: bool) -> list[Sample]:
 def vqa_sample(row: dict, cfg, where: str) -> Sample:
     """A VQA row: the question (through data.question_template) and the most common answer."""
     images = _flat_images(row)
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise RowError("missing_question", f"field 'question' must be a non-empty string, got {question!r}")
+    question = as_text(row.get("question"), "question")
+    if not isinstance(question, str) or is_blank(question):
+        raise RowError("missing_question", f"field 'question' must be non-empty text, got {readable(question)}")
     name = "answers" if row.get("answers") is not None else "answer"
     answers = _clean_texts(row.get(name), name)
     prompt = cfg.question_template.replace("{question}", question.strip())
@@ -178,7 +203,7 @@ def sharegpt_to_messages(row: dict) -> dict:
     for i, turn in enumerate(turns):
         role = SHAREGPT_ROLES.get(str(turn.get("from", turn.get("role", ""))).lower())
         if role is None:
-            raise RowError("bad_row", f"conversations[{i}].from is {turn.get('from')!r}, expected human or gpt")
+            raise RowError("bad_row", f"conversations[{i}].from is {readable(turn.get('from'))}, expected human or gpt")
         messages.append({"role": role, "content": turn.get("value", turn.get("content"))})
     return {"messages": messages, "images": _image_list(row, "image", "images")}
 
@@ -191,11 +216,11 @@ def _parts(content, where: str, inline: list, markers: bool) -> list[dict]:
     elif isinstance(content, list):
         raw = content
     else:
-        raise RowError("bad_row", f"{where}.content must be a string or a list of parts, got {content!r}")
+        raise RowError("bad_row", f"{where}.content must be text or a list of parts, got {readable(content)}")
     parts = []
     for part in raw:
         if not isinstance(part, dict):
-            raise RowError("bad_row", f"{where}.content has a part that is not an object: {part!r}")
+            raise RowError("bad_row", f"{where}.content has a part that is not an object: {readable(part)}")
         kind = part.get("type") or ("image" if "image" in part else "text")
         if kind in ("image", "image_url"):
             ref = part.get("image") or part.get("path") or part.get("url") or part.get("image_url")
@@ -213,7 +238,7 @@ def _parts(content, where: str, inline: list, markers: bool) -> list[dict]:
             elif text.strip():
                 parts.append(text_part(text.strip()))
         else:
-            raise RowError("bad_row", f"{where}.content has a part of type {kind!r} (only image and text)")
+            raise RowError("bad_row", f"{where}.content has a part of type {readable(kind)} (only image and text)")
     return parts
 
 
@@ -222,6 +247,7 @@ def messages_sample(row: dict, cfg, where: str, field: str = "messages") -> Samp
     raw = row.get("messages")
     if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
         raise RowError("bad_row", "field 'messages' must be a list of {role, content} objects")
+    raw = [_plain_text_content(message, i) for i, message in enumerate(raw)]
     inline, messages = [], []
     for i, message in enumerate(raw):
         role = message.get("role")
@@ -235,6 +261,7 @@ def messages_sample(row: dict, cfg, where: str, field: str = "messages") -> Samp
         messages.append({"role": role, "content": parts})
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("missing_answer", "field 'messages' has no assistant turn")
+    _check_user_first(messages)
     images = _image_list(row, "images", "image")
     if inline and images:
         raise RowError("bad_row", "images are given both inside the messages and in 'images'; use one")
@@ -252,3 +279,38 @@ def messages_sample(row: dict, cfg, where: str, field: str = "messages") -> Samp
     last_answer = [m for m in messages if m["role"] == "assistant"][-1]
     references = [" ".join(p["text"] for p in last_answer["content"])]
     return Sample(images, _with_system(messages, cfg), where, references)
+
+
+def _plain_text_content(message: dict, index: int) -> dict:
+    """A message whose numbers are text and whose invisible-only text is empty (so an
+    assistant turn of zero-width spaces is an empty turn), before it becomes parts; a role or
+    text part of the wrong type is refused here, shown as the user wrote it."""
+    where = f"messages[{index}].content"
+    if message.get("role") not in ("system", "user", "assistant"):
+        raise RowError("bad_row", f"messages[{index}].role is {readable(message.get('role'))}, "
+                                  "expected system, user or assistant")
+    content = as_text(message.get("content"), where)
+    if isinstance(content, str):
+        content = "" if is_blank(content) else content
+    elif isinstance(content, list):
+        content = [_plain_text_part(part, where) for part in content]
+    return {**message, "content": content}
+
+
+def _plain_text_part(part, where: str):
+    if not isinstance(part, dict) or (part.get("type") or ("image" if "image" in part else "text")) != "text":
+        return part  # images and unknown parts are checked in _parts
+    text = as_text(part.get("text"), f"{where}.text")
+    if not isinstance(text, str):
+        raise RowError("bad_row", f"{where} has a text part without text: {readable(part)}")
+    return {**part, "text": "" if is_blank(text) else text}
+
+
+def _check_user_first(messages: list[dict]) -> None:
+    """Chat templates expect the user to speak first (after any system turn); Qwen's renders
+    an assistant-first conversation as nothing and Gemma's raises. Refused, with the fix."""
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
+    if first is not None and messages[first]["role"] == "assistant":
+        raise RowError("bad_row", f"messages[{first}] is an assistant turn before any user turn: a conversation "
+                                  "must start with the user (after an optional system turn); remove the opening "
+                                  "assistant turn or move its text into the system turn")

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmlora.pathkinds import not_a_file
 from mmlora.samples import RowError
 
 MIN_IMAGE_SIDE = 8
@@ -74,9 +75,20 @@ def resolve_image(ref, root: Path, allow_outside_root: bool = False, allow_urls:
     if not allow_outside_root and not path.is_relative_to(os.path.abspath(root)):
         raise RowError("image_outside_root", f"image '{text}' is outside the image root {root} "
                                              "(set data.allow_outside_root=true to allow it)")
-    if not path.is_file():
-        raise RowError("missing_image", f"image '{text}' not found (looked at {path})")
+    if not_a_file(path):  # not Path.is_file(): it raises for a name too long for the file system
+        raise _not_a_file_error(f"image '{text}'", path, f" (looked at {path})")
     return path
+
+
+def _not_a_file_error(described: str, path: Path, suffix: str = "") -> RowError:
+    """missing_image for a path that does not exist, image_not_a_file for a folder, pipe or loop."""
+    problem = not_a_file(path) or "does not exist"
+    if problem.startswith("does not exist"):
+        return RowError("missing_image", f"{described} not found{suffix}")
+    if problem.startswith("is not a valid path"):
+        return RowError("bad_row", f"{described[:120]} {problem}")
+    reason = "missing_image" if problem.endswith("does not exist") else "image_not_a_file"  # a dangling link
+    return RowError(reason, f"{described} {problem}{suffix}")
 
 
 def _data_uri_bytes(uri: str) -> bytes:
@@ -124,8 +136,8 @@ def _open(ref):
     if isinstance(ref, str) and ref.startswith(("http://", "https://")):
         ref = fetch_url(ref)
     if isinstance(ref, (str, Path)):
-        if not Path(ref).is_file():
-            raise RowError("missing_image", f"image {_describe(ref)} not found")
+        if not_a_file(Path(ref)):
+            raise _not_a_file_error(f"image {_describe(ref)}", Path(ref))
         if Path(ref).stat().st_size == 0:
             raise RowError("empty_image_file", f"cannot read image {_describe(ref)}: the file is empty (0 bytes)")
     elif not ref:

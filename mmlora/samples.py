@@ -13,13 +13,16 @@ from mmlora.errors import MmloraError
 
 REASONS = {
     "malformed_json": "the line is not valid JSON",
-    "not_utf8": "the line or field is not valid UTF-8 text",
+    "not_utf8": "the line or field is not valid UTF-8 / Unicode text (undecodable bytes, a lone surrogate)",
+    "malformed_csv": "a CSV/TSV row that does not parse cleanly (unbalanced quote, more cells than columns)",
+    "corrupt_file": "a part of a data file is truncated or corrupt (e.g. a Parquet row group)",
     "bad_row": "the row does not match any supported format (see the message for the field)",
     "missing_answer": "no answer / caption / assistant turn",
     "empty_answer": "the answer or caption is empty",
     "missing_question": "a VQA row without a question",
     "image_mismatch": "the number of image placeholders differs from the number of images",
     "missing_image": "the image file does not exist",
+    "image_not_a_file": "the image path is a folder, a pipe, a device or a symbolic-link loop, not a file",
     "image_outside_root": "the image path leaves the image root (data.allow_outside_root is false)",
     "url_not_allowed": "the image is a URL and data.allow_urls is false",
     "url_failed": "the image URL could not be fetched",

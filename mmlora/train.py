@@ -208,7 +208,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     from mmlora.train_eval import TrainingEvaluation
 
     # Eval loss, generation metrics, best adapter and loss.png (mmlora/train_eval.py).
-    evaluation = TrainingEvaluation(recipe, loaded.processor)
+    evaluation = TrainingEvaluation(recipe, loaded.processor, *data.eval_parts())
     trainer = MmloraTrainer(
         model=model,
         args=args,

@@ -67,15 +67,21 @@ class TrainingEvaluation(TrainerCallback):
     Use: `Trainer(..., eval_dataset=evaluation.loss_dataset)`, then `evaluation.attach(trainer)`.
     """
 
-    def __init__(self, recipe: Recipe, processor):
+    def __init__(self, recipe: Recipe, processor, samples: list | None = None, loss_dataset=None):
+        """`samples` / `loss_dataset`: data.eval as pre-scanned with the train split
+        (mmlora.datascan.prepare_training_data); loaded here only when not given."""
         from mmlora.train import EncodedDataset  # here, not at import: train.py imports this module
 
         self.recipe, self.processor = recipe, processor
-        self.samples = load_samples(recipe.data.eval, recipe.data, recipe.task) if recipe.data.eval else []
+        if samples is None:
+            samples = load_samples(recipe.data.eval, recipe.data, recipe.task) if recipe.data.eval else []
+        self.samples = samples
         # The eval loss covers the whole split; generation at most eval.limit samples (as `mmlora eval`).
         self.generated = self.samples[: recipe.eval.limit] if recipe.eval.limit else self.samples
         wants_loss = self.samples and recipe.train.eval_strategy != "never"
-        self.loss_dataset = EncodedDataset(self.samples, processor, recipe.data.max_length) if wants_loss else None
+        if wants_loss and loss_dataset is None:
+            loss_dataset = EncodedDataset(self.samples, processor, recipe.data.max_length)
+        self.loss_dataset = loss_dataset if wants_loss else None
         self.best_metric = (recipe.eval.best_metric or "").removeprefix("eval_") or None
         self.best: dict | None = None
         self.history: list[dict] = []

@@ -193,7 +193,7 @@ def test_file_level_problems_are_one_clear_error(tmp_path):
     (tmp_path / "arr.json").write_text('[{"image": ')
     (tmp_path / "empty_dir").mkdir()
     for path, message in [(tmp_path / "nope.jsonl", "does not exist"), (tmp_path / "d.txt", "unknown extension"),
-                          (tmp_path / "arr.json", "not a valid UTF-8 JSON array"),
+                          (tmp_path / "arr.json", "not a valid JSON array"),
                           (tmp_path / "empty_dir", "folder without a dataset")]:
         with pytest.raises(MmloraError, match=message):
             load_samples(path, DataConfig(train="x"))
