@@ -241,14 +241,35 @@ def _try_full_processor(source: str, **kwargs):
         return None
 
 
+def _size_mismatches(image_processor, options: dict) -> list[str]:
+    """`size` entries the built image processor does not have as the options asked."""
+    wanted = options.get("size") or {}
+    size = getattr(image_processor, "size", None)
+    got = dict(size) if size is not None else {}
+    return [f"size.{key}={got.get(key)} (asked {value})" for key, value in wanted.items() if got.get(key) != value]
+
+
 def load_image_processor(source: str, family: Family, min_pixels: int, max_pixels: int, **hub_kwargs):
-    """The image processor of `source` with the family's size options for [min, max] pixels."""
+    """The image processor of `source` with the family's size options for [min, max] pixels.
+
+    The recipe's bounds win over the checkpoint's, whichever way its preprocessor_config.json
+    states them (top-level min/max_pixels, a `size` dict, a fast-processor dump): the options are
+    passed as keyword arguments, which replace the file's keys before the processor is built,
+    and the built processor is checked to hold them.
+    """
     from transformers import AutoImageProcessor
 
     image_processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
     options = family.image_size_options(image_processor, min_pixels, max_pixels)
     if options:
         image_processor = AutoImageProcessor.from_pretrained(source, **options, **hub_kwargs)
+        mismatches = _size_mismatches(image_processor, options)
+        if mismatches:
+            raise MmloraError(
+                f"The image processor of '{source}' ({type(image_processor).__name__}) did not take "
+                f"the recipe's image bounds: {', '.join(mismatches)}. Its preprocessor_config.json "
+                "has a layout mmlora does not know; please report it with that file."
+            )
     return image_processor
 
 

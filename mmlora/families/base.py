@@ -103,8 +103,14 @@ def fixed_resolution(image_processor, min_pixels: int, max_pixels: int) -> dict:
 
 
 def pixel_bounds(image_processor, min_pixels: int, max_pixels: int) -> dict:
-    """Qwen-VL: the image keeps its aspect ratio and its area is clamped to [min, max] pixels."""
-    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    """Qwen-VL: the image keeps its aspect ratio and its area is clamped to [min, max] pixels.
+
+    Both spellings are given: published Qwen2/2.5-VL files carry top-level `min_pixels` /
+    `max_pixels`, which the image processor applies over `size` when it is built, so a `size`
+    alone would lose to the checkpoint's bounds (12845056 px: 16k visual tokens for a photo).
+    """
+    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+            "min_pixels": min_pixels, "max_pixels": max_pixels}
 
 
 def tile_bounds(image_processor, min_pixels: int, max_pixels: int) -> dict:
