@@ -227,7 +227,8 @@ def _read_processor_config(source: str) -> dict | None:
 
 
 def _try_full_processor(source: str, **kwargs):
-    """The family's full processor, or None where it cannot be built (no torchvision)."""
+    """The family's full processor, or None where it cannot be built (no torchvision, or one that
+    does not import: mmlora/torchvision_check.py hides it)."""
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:
@@ -283,6 +284,9 @@ def load_processor(
     full = _try_full_processor(source, **hub_kwargs)
     tokenizer = full.tokenizer if full is not None else AutoTokenizer.from_pretrained(source, **hub_kwargs)
     image_processor = load_image_processor(source, family, min_pixels, max_pixels, **hub_kwargs)
+    if full is not None:
+        # The full processor was built with the checkpoint's bounds; it must resize as training does.
+        full.image_processor = image_processor
     template = family.chat_template or _read_chat_template(source, tokenizer, **hub_kwargs)
     # Training pads on the right; batched generation switches to the left where it needs to.
     tokenizer.padding_side = "right"
