@@ -78,13 +78,16 @@ class TinySpec:
     chat_template: str
     config: Callable[[Callable[[str], int], int], dict]
     """(token id lookup, vocabulary size) -> config.json contents."""
-    image_processor: Callable[[], Any]
-    """A PIL-backend image processor with the tiny model's settings."""
+    preprocessor_config: dict
+    """preprocessor_config.json contents: the keys, in the order, the family's published
+    checkpoint has them (e.g. Qwen2-VL's top-level min/max_pixels), with the twin's small sizes."""
     tokenizer_class: str = "TokenizersBackend"
     named_tokens: dict = field(default_factory=dict)
     """Extra named special tokens (tokenizer attributes such as Gemma 3's boi_token)."""
     processor_config: dict | None = None
-    """processor_config.json contents, as real checkpoints of the family ship it."""
+    """processor_config.json contents, where the published checkpoint has that file."""
+    video_preprocessor_config: dict | None = None
+    """video_preprocessor_config.json contents, where the published checkpoint has that file."""
 
 
 def no_text_inputs(input_ids, attention_mask, labels, visual_token_id) -> dict:
