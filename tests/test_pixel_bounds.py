@@ -126,7 +126,7 @@ def test_every_command_path_uses_the_recipe_bounds(tmp_path):
     """train/eval/infer (load_model_and_processor), data check/preview (load_data_processor) and
     plan (visual_token_table) on a checkpoint folder in the published Qwen2-VL layout."""
     from mmlora.config import ModelConfig, Recipe
-    from mmlora.datascan import load_data_processor
+    from mmlora.datascan import VisualTokenCounter, load_data_processor
     from mmlora.families import family_for_model_type
     from mmlora.modeling import load_config, load_model_and_processor, save_tiny_model
     from mmlora.plan import visual_token_table
@@ -141,6 +141,8 @@ def test_every_command_path_uses_the_recipe_bounds(tmp_path):
         encoded = processor.encode(text, photo)
         assert encoded.image_grid_thw.tolist() == [[1, 38, 52]]
         assert encoded.input_ids.count(processor.image_token_id) == 494
+        # The data pre-scan's count from header sizes (the max_length check before training).
+        assert (VisualTokenCounter(processor)(4032, 3024), VisualTokenCounter(processor)(1920, 1080)) == (494, 480)
     recipe = Recipe(model=model_cfg)
     config = load_config(str(folder), model_cfg)
     rows, _ = visual_token_table(recipe, family_for_model_type(config.model_type), config)
@@ -148,3 +150,19 @@ def test_every_command_path_uses_the_recipe_bounds(tmp_path):
     assert counts["4032x3024 photo"] == 494
     side = math.isqrt(RECIPE_MAX)
     assert counts[f"{side}x{side} (max_pixels)"] * 28 * 28 <= RECIPE_MAX
+
+
+@pytest.mark.parametrize("family_name", ["llava", "llava_next", "gemma3", "paligemma"])
+def test_fixed_resolution_files_keep_their_size(family_name):
+    """`size` as height/width (Gemma 3, PaliGemma) or CLIP's shortest_edge + crop (LLaVA): the
+    model's resolution, which no recipe bound changes."""
+    from mmlora.families import FAMILIES
+
+    family = next(f for f in FAMILIES if f.name == family_name)
+    folder = tiny_dir(family.tiny.model_id)
+    published = json.loads((folder / "preprocessor_config.json").read_text())
+    for bounds in ((3136, 401408), (784, 2000)):
+        image_processor = load_image_processor(str(folder), family, *bounds)
+        assert {k: v for k, v in dict(image_processor.size).items() if v is not None} == published["size"]
+        pixels = image_processor(images=[Image.new("RGB", (640, 480))], return_tensors="pt")["pixel_values"]
+        assert tuple(pixels.shape[-2:]) == (56, 56)
