@@ -1,8 +1,8 @@
 """mmlora: LoRA fine-tuning of vision-language models for captioning and VQA."""
 
-from mmlora.torchvision_check import torchvision_usable as _torchvision_usable
+from mmlora.torchvision_check import check_before_transformers as _check_before_transformers
 
 __version__ = "0.1.0"
 
-# Before transformers is imported anywhere: it would take an unimportable torchvision for usable.
-_torchvision_usable()
+# transformers would take an installed torchvision that does not import for usable.
+_check_before_transformers()

@@ -6,11 +6,14 @@ another torch (a CUDA wheel next to a CPU torch, or one release apart) fails tha
 "operator torchvision::nms does not exist", and every `AutoImageProcessor` / `AutoProcessor`
 call fails with it. Every family's image processor also has a PIL backend, so mmlora hides such
 a torchvision (one log line) and goes on without it. This must run before transformers first
-asks, which is why `mmlora/__init__.py` calls it.
+asks, yet not at `import mmlora`: trying torchvision imports torch, and `--gpu` must set
+CUDA_VISIBLE_DEVICES before that. So `mmlora/__init__.py` calls `check_before_transformers`,
+which runs the check when transformers is first imported.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import logging
 import sys
@@ -41,3 +44,26 @@ def torchvision_usable() -> bool:
                     reason)
         return False
     return True
+
+
+class _CheckOnTransformersImport(importlib.abc.MetaPathFinder):
+    """Runs `torchvision_usable` when transformers is first looked up, then steps aside (finds
+    nothing itself, so the ordinary finders import transformers)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "transformers":
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            torchvision_usable()
+        return None
+
+
+def check_before_transformers() -> None:
+    """Arrange for `torchvision_usable` to run before transformers is imported (at once if it
+    already is). Costs nothing where torchvision is not installed."""
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    if "transformers" in sys.modules:
+        torchvision_usable()
+    elif not any(isinstance(finder, _CheckOnTransformersImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _CheckOnTransformersImport())

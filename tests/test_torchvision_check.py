@@ -17,7 +17,10 @@ from mmlora.tiny import tiny_dir
 BROKEN_TORCHVISION = 'raise RuntimeError("operator torchvision::nms does not exist")\n'
 
 SCRIPT = """
-import mmlora
+import sys
+import mmlora.cli
+# Trying torchvision imports torch: not at import time, or --gpu would come too late.
+print("torch" in sys.modules)
 from transformers import AutoImageProcessor
 from mmlora.families import QWEN2_VL
 from mmlora.processor import load_processor
@@ -35,7 +38,7 @@ def test_unimportable_torchvision_is_treated_as_absent(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                             cwd=Path(__file__).parent.parent, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["Qwen2VLImageProcessorPil", "None", "Qwen2VLImageProcessorPil"]
+    assert result.stdout.split() == ["False", "Qwen2VLImageProcessorPil", "None", "Qwen2VLImageProcessorPil"]
     mentions = [line for line in result.stderr.splitlines() if "torchvision" in line]
     assert mentions == [
         "mmlora: torchvision is installed but does not import (operator torchvision::nms does not exist); "
