@@ -33,6 +33,7 @@ QWEN_TWINS = [("tiny/qwen2-vl", "qwen2_vl", "Qwen2VLProcessor", 28),
               ("tiny/qwen3-vl", "qwen3_vl", "Qwen3VLProcessor", 32)]
 
 
+@pytest.mark.slow  # a second pytest session: ~20 s of tests plus its start
 @pytest.mark.skipif(IN_TORCHVISION_SESSION, reason="this is the torchvision session")
 def test_torchvision_session_passes():
     if not torchvision_peer.installed():
@@ -171,3 +172,41 @@ def test_real_chat_template_render_matches():
         processor = _load(twin, family_name, 3136, 50176)
         peer = AutoProcessor.from_pretrained(tiny_dir(twin))
         assert peer.apply_chat_template(_messages(2), tokenize=False) == processor.render(_messages(2))
+
+
+@needs_torchvision
+def test_every_twin_builds_its_published_processor_class():
+    """With torchvision every family's full processor builds from the twin's published-layout
+    files, as the class its preprocessor_config.json names, holding mmlora's image processor."""
+    import json
+
+    from mmlora.families import FAMILIES
+    from mmlora.processor import load_processor
+    from mmlora.tiny import tiny_dir
+
+    for family in FAMILIES:
+        folder = tiny_dir(family.tiny.model_id)
+        processor = load_processor(str(folder), family, 3136, 50176)
+        published = json.loads((folder / "preprocessor_config.json").read_text())["processor_class"]
+        assert type(processor.full_processor).__name__ == published, family.name
+        assert processor.full_processor.image_processor is processor.image_processor
+
+
+@needs_torchvision
+def test_a_full_processor_that_fails_to_build_falls_back_to_image_only(monkeypatch, caplog):
+    """_try_full_processor: any failure of AutoProcessor (a missing extra such as num2words for
+    SmolVLM2) leaves the image-only path, with a log line."""
+    import logging
+
+    from transformers import AutoProcessor
+
+    def refuse(*args, **kwargs):
+        raise ImportError("needs num2words")
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", refuse)
+    with caplog.at_level(logging.INFO, logger="mmlora.processor"):
+        processor = _load("tiny/qwen2-vl", "qwen2_vl", 3136, 50176)
+    assert processor.full_processor is None
+    assert "full processor unavailable" in caplog.text and "needs num2words" in caplog.text
+    encoded = processor.encode(processor.render(_messages(1)), [Image.new("RGB", (112, 168))])
+    assert encoded.image_grid_thw.tolist() == [[1, 12, 8]]
