@@ -48,6 +48,15 @@ FAST_DUMP_QWEN2_VL = {
     "rescale_factor": 0.00392156862745098, "return_tensors": None,
     "size": {"longest_edge": 12845056, "shortest_edge": 3136}, "temporal_patch_size": 2,
 }
+# transformers 4.45-4.48's slow Qwen2VLImageProcessor dump: the bounds also inside `size`,
+# under their own names.
+OLD_DUMP_QWEN2_VL = {
+    "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+    "image_mean": CLIP_MEAN, "image_processor_type": "Qwen2VLImageProcessor", "image_std": CLIP_STD,
+    "max_pixels": 12845056, "merge_size": 2, "min_pixels": 3136, "patch_size": 14,
+    "processor_class": "Qwen2VLProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
+    "size": {"max_pixels": 12845056, "min_pixels": 3136}, "temporal_patch_size": 2,
+}
 # HuggingFaceTB/SmolVLM-256M-Instruct: longest edge 2048 in 512-px tiles.
 PUBLISHED_SMOLVLM = {
     "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True,
@@ -77,11 +86,12 @@ def visual_tokens(image_processor, size) -> tuple[list[int], int]:
 
 
 @pytest.mark.parametrize("family, twin", [(QWEN2_VL, "tiny/qwen2-vl"), (QWEN2_5_VL, "tiny/qwen2.5-vl")])
-@pytest.mark.parametrize("layout", ["published", "fast dump"])
+@pytest.mark.parametrize("layout", ["published", "fast dump", "4.4x dump"])
 def test_top_level_min_max_pixels_lose_to_the_recipe(tmp_path, family, twin, layout):
     """Issue #11: 15552 visual tokens for a 4032x3024 photo and 2691 for 1920x1080 where the
     recipe's max_pixels 401408 allows 494 and 480."""
-    source = PUBLISHED_QWEN2_VL if layout == "published" else FAST_DUMP_QWEN2_VL
+    source = {"published": PUBLISHED_QWEN2_VL, "fast dump": FAST_DUMP_QWEN2_VL,
+              "4.4x dump": OLD_DUMP_QWEN2_VL}[layout]
     folder = checkpoint_with(tmp_path, twin, source)
     image_processor = load_image_processor(str(folder), family, RECIPE_MIN, RECIPE_MAX)
     assert visual_tokens(image_processor, (4032, 3024)) == ([1, 38, 52], 494)
