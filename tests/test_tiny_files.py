@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mmlora.tiny import PROCESSOR_FILES, TINY_MODELS, tiny_dir, write_tiny_assets
+from mmlora.tiny import PROCESSOR_FILES, TINY_MODELS, TINY_SPECS, processor_files, tiny_dir, write_tiny_assets
 
 # Key order of each published checkpoint's preprocessor_config.json (Qwen/Qwen2-VL-2B-Instruct,
 # Qwen2.5-VL-3B-Instruct, Qwen3-VL-2B-Instruct, llava-hf/llava-1.5-7b-hf,
@@ -49,6 +49,14 @@ def test_twin_processor_files_follow_the_published_layout(model_id):
     folder = tiny_dir(model_id)
     assert list(json.loads((folder / "preprocessor_config.json").read_text())) == keys
     assert {name for name in OPTIONAL_FILES if (folder / name).is_file()} == other_files
+
+
+@pytest.mark.parametrize("model_id", sorted(PUBLISHED))
+def test_shipped_processor_files_are_what_the_family_describes(model_id):
+    """`python -m mmlora.tiny` would write the shipped files again (the rest of the twin is
+    checked by the rebuild below on two twins: tokenizer training is slower)."""
+    for name, contents in processor_files(TINY_SPECS[model_id]).items():
+        assert (tiny_dir(model_id) / name).read_text() == json.dumps(contents, indent=2) + "\n", name
 
 
 def test_qwen_twins_bounds():

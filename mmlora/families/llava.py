@@ -117,14 +117,14 @@ def tiny_llava_next_config(token_id, vocab_size: int) -> dict:
                               image_grid_pinpoints=_PINPOINTS)
 
 
-def _clip_preprocessor(processor_class: str, **anyres) -> dict:
+def _clip_preprocessor(processor_class: str, **extra) -> dict:
     """llava-1.5-7b-hf's / llava-v1.6-mistral-7b-hf's layout (keys sorted, as published), the
-    twin's 56-px CLIP input."""
+    twin's 56-px CLIP input; `extra` adds or replaces keys (LLaVA-NeXT's anyres settings)."""
     keys = {"crop_size": {"height": 56, "width": 56}, "do_center_crop": True, "do_convert_rgb": True,
             "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": _CLIP_MEAN,
             "image_processor_type": "CLIPImageProcessor", "image_std": _CLIP_STD,
             "processor_class": processor_class, "resample": 3, "rescale_factor": 1 / 255,
-            "size": {"shortest_edge": 56}, **anyres}
+            "size": {"shortest_edge": 56}, **extra}
     return dict(sorted(keys.items()))
 
 
