@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmlora-installed
+TEST_STAMP := $(VENV)/.mmlora-test-installed
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test test-fast bench clean browser gpu-check gpu-check-dry-run
@@ -14,15 +15,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# Test-only extras (torchvision for the real-processor peers), without their dependencies. The demo
+# shares the venv: mmlora treats a torchvision that does not import as absent (one log line).
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install -q --no-deps -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mmlora demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

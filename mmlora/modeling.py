@@ -232,10 +232,13 @@ def load_model_and_processor(cfg: ModelConfig, device: str | None = None,
 
 
 def save_tiny_model(model_id: str, out_dir: str | Path) -> Path:
-    """Write a built-in tiny model as a normal checkpoint folder (weights + processor files)."""
+    """Write a built-in tiny model as a normal checkpoint folder: its weights and the shipped
+    processor files, verbatim (the twin's own bounds, not the recipe defaults)."""
+    from mmlora.tiny import copy_processor_files
+
     cfg = ModelConfig(name=model_id)
     loaded = load_model_and_processor(cfg, device="cpu")
     out_dir = Path(out_dir)
     loaded.model.save_pretrained(out_dir)
-    loaded.processor.save_pretrained(out_dir)
+    copy_processor_files(model_id, out_dir)
     return out_dir

@@ -246,7 +246,8 @@ def _read_processor_config(source: str) -> dict | None:
 
 
 def _try_full_processor(source: str, **kwargs):
-    """The family's full processor, or None where it cannot be built (no torchvision)."""
+    """The family's full processor, or None where it cannot be built (no torchvision, or one that
+    does not import: mmlora/torchvision_check.py hides it)."""
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:
@@ -260,14 +261,35 @@ def _try_full_processor(source: str, **kwargs):
         return None
 
 
+def _size_mismatches(image_processor, options: dict) -> list[str]:
+    """`size` entries the built image processor does not have as the options asked."""
+    wanted = options.get("size") or {}
+    size = getattr(image_processor, "size", None)
+    got = dict(size) if size is not None else {}
+    return [f"size.{key}={got.get(key)} (asked {value})" for key, value in wanted.items() if got.get(key) != value]
+
+
 def load_image_processor(source: str, family: Family, min_pixels: int, max_pixels: int, **hub_kwargs):
-    """The image processor of `source` with the family's size options for [min, max] pixels."""
+    """The image processor of `source` with the family's size options for [min, max] pixels.
+
+    The recipe's bounds win over the checkpoint's, whichever way its preprocessor_config.json
+    states them (top-level min/max_pixels, a `size` dict, a fast-processor dump): the options are
+    passed as keyword arguments, which replace the file's keys before the processor is built,
+    and the built processor is checked to hold them.
+    """
     from transformers import AutoImageProcessor
 
     image_processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
     options = family.image_size_options(image_processor, min_pixels, max_pixels)
     if options:
         image_processor = AutoImageProcessor.from_pretrained(source, **options, **hub_kwargs)
+        mismatches = _size_mismatches(image_processor, options)
+        if mismatches:
+            raise MmloraError(
+                f"The image processor of '{source}' ({type(image_processor).__name__}) did not take "
+                f"the recipe's image bounds: {', '.join(mismatches)}. Its preprocessor_config.json "
+                "has a layout mmlora does not know; please report it with that file."
+            )
     return image_processor
 
 
@@ -281,6 +303,9 @@ def load_processor(
     full = _try_full_processor(source, **hub_kwargs)
     tokenizer = full.tokenizer if full is not None else AutoTokenizer.from_pretrained(source, **hub_kwargs)
     image_processor = load_image_processor(source, family, min_pixels, max_pixels, **hub_kwargs)
+    if full is not None:
+        # The full processor was built with the checkpoint's bounds; it must resize as training does.
+        full.image_processor = image_processor
     template = family.chat_template or _read_chat_template(source, tokenizer, **hub_kwargs)
     # Training pads on the right; batched generation switches to the left where it needs to.
     tokenizer.padding_side = "right"

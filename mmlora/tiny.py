@@ -1,8 +1,9 @@
 """Offline tiny models: every family's twin, randomly initialised, with a real processor.
 
 Each family's `TinySpec` (mmlora/families) says how its twin is built. The processor files
-(byte-level BPE tokenizer with the family's special tokens, its chat template, image processor
-settings, processor_config.json where the family's checkpoints have one) and the model config
+(byte-level BPE tokenizer with the family's special tokens, its chat template, and
+preprocessor_config.json / processor_config.json / video_preprocessor_config.json in the key
+layout of the family's published checkpoint, with small image sizes) and the model config
 ship under `assets/tiny-<name>/`, so `tiny/<name>` loads through exactly the same code as a real
 checkpoint directory; only the weights are built here, from a seed, instead of read from disk.
 `python -m mmlora.tiny [ID ...]` rebuilds the shipped files.
@@ -100,15 +101,37 @@ def _train_tokenizer(spec: TinySpec, out_dir: Path):
     return AutoTokenizer.from_pretrained(out_dir)
 
 
+def processor_files(spec: TinySpec) -> dict[str, dict]:
+    """The twin's image/video processor files, in its published checkpoint's layout."""
+    files = {"preprocessor_config.json": spec.preprocessor_config,
+             "processor_config.json": spec.processor_config,
+             "video_preprocessor_config.json": spec.video_preprocessor_config}
+    return {name: contents for name, contents in files.items() if contents}
+
+
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
+                   "processor_config.json", "video_preprocessor_config.json")
+"""Every shipped file of a twin but config.json (the model writes its own)."""
+
+
+def copy_processor_files(model_id: str, out_dir: Path) -> None:
+    """Copy the shipped twin's processor files (tokenizer, template, image settings) verbatim:
+    a saved tiny checkpoint has exactly the twin's bounds and layout."""
+    import shutil
+
+    for name in PROCESSOR_FILES:
+        if (tiny_dir(model_id) / name).is_file():
+            shutil.copyfile(tiny_dir(model_id) / name, Path(out_dir) / name)
+
+
 def write_tiny_assets(model_id: str, out_dir: Path) -> None:
     """Train the tiny tokenizer and write tokenizer, chat template, image processor and config."""
     spec = TINY_SPECS[model_id]
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(spec, out_dir)
     (out_dir / "chat_template.jinja").write_text(spec.chat_template)
-    spec.image_processor().save_pretrained(out_dir)
-    if spec.processor_config:
-        (out_dir / "processor_config.json").write_text(json.dumps(spec.processor_config, indent=2) + "\n")
+    for name, contents in processor_files(spec).items():
+        (out_dir / name).write_text(json.dumps(contents, indent=2) + "\n")
     config = spec.config(tokenizer.convert_tokens_to_ids, len(tokenizer))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 

@@ -10,6 +10,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The torchvision session (tests/test_torchvision_peers.py starts one): torchvision made
+# importable before mmlora or transformers is imported, so both take the torchvision path.
+if os.environ.get("MMLORA_TEST_TORCHVISION") == "1":
+    import torchvision_peer
+
+    if not torchvision_peer.enable():
+        raise RuntimeError("MMLORA_TEST_TORCHVISION=1 but torchvision is not installed (make test installs it)")
+
 
 @pytest.fixture
 def tiny():

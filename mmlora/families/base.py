@@ -78,13 +78,16 @@ class TinySpec:
     chat_template: str
     config: Callable[[Callable[[str], int], int], dict]
     """(token id lookup, vocabulary size) -> config.json contents."""
-    image_processor: Callable[[], Any]
-    """A PIL-backend image processor with the tiny model's settings."""
+    preprocessor_config: dict
+    """preprocessor_config.json contents: the keys, in the order, the family's published
+    checkpoint has them (e.g. Qwen2-VL's top-level min/max_pixels), with the twin's small sizes."""
     tokenizer_class: str = "TokenizersBackend"
     named_tokens: dict = field(default_factory=dict)
     """Extra named special tokens (tokenizer attributes such as Gemma 3's boi_token)."""
     processor_config: dict | None = None
-    """processor_config.json contents, as real checkpoints of the family ship it."""
+    """processor_config.json contents, where the published checkpoint has that file."""
+    video_preprocessor_config: dict | None = None
+    """video_preprocessor_config.json contents, where the published checkpoint has that file."""
 
 
 def no_text_inputs(input_ids, attention_mask, labels, visual_token_id) -> dict:
@@ -103,8 +106,14 @@ def fixed_resolution(image_processor, min_pixels: int, max_pixels: int) -> dict:
 
 
 def pixel_bounds(image_processor, min_pixels: int, max_pixels: int) -> dict:
-    """Qwen-VL: the image keeps its aspect ratio and its area is clamped to [min, max] pixels."""
-    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    """Qwen-VL: the image keeps its aspect ratio and its area is clamped to [min, max] pixels.
+
+    Both spellings are given: published Qwen2/2.5-VL files carry top-level `min_pixels` /
+    `max_pixels`, which the image processor applies over `size` when it is built, so a `size`
+    alone would lose to the checkpoint's bounds (12845056 px: 16k visual tokens for a photo).
+    """
+    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+            "min_pixels": min_pixels, "max_pixels": max_pixels}
 
 
 def tile_bounds(image_processor, min_pixels: int, max_pixels: int) -> dict:

@@ -129,16 +129,25 @@ def tiny_paligemma_config(token_id, vocab_size: int) -> dict:
     }
 
 
-def _gemma3_image_processor():
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-
-    return Gemma3ImageProcessorPil(size={"height": 56, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+_RESCALE = 1 / 255
 
 
-def _siglip_image_processor():
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+def _gemma3_preprocessor(image_seq_length: int) -> dict:
+    """gemma-3-4b-it's layout (pan-and-scan options left null), the twin's 56-px images."""
+    return {"do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True,
+            "do_resize": True, "image_mean": [0.5] * 3, "image_processor_type": "Gemma3ImageProcessor",
+            "image_seq_length": image_seq_length, "image_std": [0.5] * 3, "pan_and_scan_max_num_crops": None,
+            "pan_and_scan_min_crop_size": None, "pan_and_scan_min_ratio_to_activate": None,
+            "processor_class": "Gemma3Processor", "resample": 2, "rescale_factor": _RESCALE,
+            "size": {"height": 56, "width": 56}}
 
-    return SiglipImageProcessorPil(size={"height": 56, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+def _paligemma_preprocessor(image_seq_length: int) -> dict:
+    """paligemma-3b-pt-224's layout (no processor_config.json: image_seq_length lives here)."""
+    return {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "image_mean": [0.5] * 3, "image_processor_type": "SiglipImageProcessor",
+            "image_seq_length": image_seq_length, "image_std": [0.5] * 3, "processor_class": "PaliGemmaProcessor",
+            "resample": 3, "rescale_factor": _RESCALE, "size": {"height": 56, "width": 56}}
 
 
 _GEMMA_ROLES = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -157,9 +166,9 @@ GEMMA3 = Family(
     tiny=TinySpec(
         "tiny/gemma3",
         ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, SOFT),
-        _GEMMA_ROLES, GEMMA3_CHAT_TEMPLATE, tiny_gemma3_config, _gemma3_image_processor,
+        _GEMMA_ROLES, GEMMA3_CHAT_TEMPLATE, tiny_gemma3_config, _gemma3_preprocessor(4),
         named_tokens={"boi_token": BOI, "eoi_token": EOI, "image_token": SOFT},
-        processor_config={"processor_class": "Gemma3Processor", "image_seq_length": 4},
+        processor_config={"image_seq_length": 4, "processor_class": "Gemma3Processor"},
     ),
 )
 
@@ -172,8 +181,7 @@ PALIGEMMA = Family(
     chat_template=PALIGEMMA_CHAT_TEMPLATE,
     tiny=TinySpec(
         "tiny/paligemma", ("<pad>", "<eos>", "<bos>", "<unk>", "<image>"), _GEMMA_ROLES,
-        PALIGEMMA_CHAT_TEMPLATE, tiny_paligemma_config, _siglip_image_processor,
+        PALIGEMMA_CHAT_TEMPLATE, tiny_paligemma_config, _paligemma_preprocessor(16),
         named_tokens={"image_token": "<image>"},
-        processor_config={"processor_class": "PaliGemmaProcessor"},
     ),
 )

@@ -75,12 +75,14 @@ def tiny_smolvlm_config(token_id, vocab_size: int) -> dict:
     }
 
 
-def _tiny_image_processor():
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-
-    # Longest edge 112 = 2 tiles of 56: up to 2x2 tiles + the global view per image.
-    return Idefics3ImageProcessorPil(size={"longest_edge": 112}, max_image_size={"longest_edge": 56},
-                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+# SmolVLM-256M-Instruct's layout; longest edge 112 = 2 tiles of 56: up to 2x2 tiles + the global
+# view per image.
+_TINY_PREPROCESSOR = {
+    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True,
+    "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3, "image_processor_type": "Idefics3ImageProcessor",
+    "image_std": [0.5] * 3, "max_image_size": {"longest_edge": 56}, "processor_class": "Idefics3Processor",
+    "resample": 1, "rescale_factor": 1 / 255, "size": {"longest_edge": 112},
+}
 
 
 IDEFICS3 = Family(
@@ -96,6 +98,6 @@ IDEFICS3 = Family(
     image_processor_kwargs=(("return_row_col_info", True),),
     image_size_options=tile_bounds,
     tiny=TinySpec("tiny/smolvlm", _TOKENS, _ROLES, SMOLVLM_CHAT_TEMPLATE, tiny_smolvlm_config,
-                  _tiny_image_processor,
-                  processor_config={"processor_class": "Idefics3Processor", "image_seq_len": 4}),
+                  _TINY_PREPROCESSOR,
+                  processor_config={"image_seq_len": 4, "processor_class": "Idefics3Processor"}),
 )

@@ -117,23 +117,20 @@ def tiny_llava_next_config(token_id, vocab_size: int) -> dict:
                               image_grid_pinpoints=_PINPOINTS)
 
 
-def _clip_image_processor():
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
-                                 image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
-
-
-def _llava_next_image_processor():
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    return LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
-                                      image_grid_pinpoints=_PINPOINTS, image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+def _clip_preprocessor(processor_class: str, **extra) -> dict:
+    """llava-1.5-7b-hf's / llava-v1.6-mistral-7b-hf's layout (keys sorted, as published), the
+    twin's 56-px CLIP input; `extra` adds or replaces keys (LLaVA-NeXT's anyres settings)."""
+    keys = {"crop_size": {"height": 56, "width": 56}, "do_center_crop": True, "do_convert_rgb": True,
+            "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": _CLIP_MEAN,
+            "image_processor_type": "CLIPImageProcessor", "image_std": _CLIP_STD,
+            "processor_class": processor_class, "resample": 3, "rescale_factor": 1 / 255,
+            "size": {"shortest_edge": 56}, **extra}
+    return dict(sorted(keys.items()))
 
 
 def _processor_config(processor_class: str) -> dict:
-    return {"processor_class": processor_class, "image_token": IMAGE, "patch_size": 14,
-            "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
+    return {"image_token": IMAGE, "num_additional_image_tokens": 1, "patch_size": 14,
+            "processor_class": processor_class, "vision_feature_select_strategy": "default"}
 
 
 _PATHS = dict(vision_tower="model.vision_tower", projector=("model.multi_modal_projector",),
@@ -144,7 +141,7 @@ LLAVA = Family(
     image_tokens=llava_image_tokens,
     chat_template=VICUNA_CHAT_TEMPLATE,
     tiny=TinySpec("tiny/llava", _LLAMA_TOKENS, _LLAMA_ROLES, VICUNA_CHAT_TEMPLATE, tiny_llava_config,
-                  _clip_image_processor, processor_config=_processor_config("LlavaProcessor")),
+                  _clip_preprocessor("LlavaProcessor"), processor_config=_processor_config("LlavaProcessor")),
 )
 
 # LLaVA-NeXT's resolution is set by its grid pinpoints, which the model's config must match:
@@ -155,6 +152,9 @@ LLAVA_NEXT = Family(
     vision_inputs=("pixel_values", "image_sizes"),
     chat_template=MISTRAL_CHAT_TEMPLATE,
     tiny=TinySpec("tiny/llava-next", _LLAMA_TOKENS, _LLAMA_ROLES, MISTRAL_CHAT_TEMPLATE,
-                  tiny_llava_next_config, _llava_next_image_processor,
+                  tiny_llava_next_config,
+                  _clip_preprocessor("LlavaNextProcessor", aspect_ratio_setting="anyres", do_pad=True,
+                                     image_grid_pinpoints=_PINPOINTS,
+                                     image_processor_type="LlavaNextImageProcessor"),
                   processor_config=_processor_config("LlavaNextProcessor")),
 )

@@ -148,24 +148,23 @@ def tiny_qwen3_vl_config(token_id, vocab_size: int) -> dict:
     }
 
 
-def _qwen_image_processor(patch_size: int, mean: list[float], std: list[float], min_pixels: int, max_pixels: int):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    return Qwen2VLImageProcessorPil(
-        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=2,
-        temporal_patch_size=2, image_mean=mean, image_std=std,
-    )
-
-
 _CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
-def _qwen2_image_processor():
-    return _qwen_image_processor(14, _CLIP_MEAN, _CLIP_STD, 56 * 56, 224 * 224)
+def _qwen2_preprocessor(processor_class: str) -> dict:
+    """Qwen2-VL-2B / Qwen2.5-VL-3B-Instruct's layout (top-level min/max_pixels, no `size`); the
+    twin's bounds: 56x56 to 224x224 px."""
+    return {"min_pixels": 56 * 56, "max_pixels": 224 * 224, "patch_size": 14, "temporal_patch_size": 2,
+            "merge_size": 2, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD,
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor_class}
 
 
-def _qwen3_image_processor():
-    return _qwen_image_processor(16, [0.5] * 3, [0.5] * 3, 64 * 64, 256 * 256)
+def _qwen3_preprocessor(longest_edge: int, type_key: str, type_name: str) -> dict:
+    """Qwen3-VL-2B-Instruct's layout (a `size` dict in pixels, the fast class name); the twin's
+    images from 64x64 px (its videos' frames share the minimum, as published)."""
+    return {"size": {"longest_edge": longest_edge, "shortest_edge": 64 * 64}, "patch_size": 16,
+            "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+            "processor_class": "Qwen3VLProcessor", type_key: type_name}
 
 
 def _qwen_family(name: str, model_type: str, tiny: TinySpec, projector=("model.visual.merger",)) -> Family:
@@ -188,15 +187,17 @@ def _qwen_family(name: str, model_type: str, tiny: TinySpec, projector=("model.v
 
 QWEN2_VL = _qwen_family("qwen2_vl", "qwen2_vl", TinySpec(
     "tiny/qwen2-vl", QWEN2_VL_SPECIAL_TOKENS, _QWEN_TOKENIZER, QWEN2_VL_CHAT_TEMPLATE,
-    tiny_qwen2_vl_config, _qwen2_image_processor, tokenizer_class="Qwen2Tokenizer",
+    tiny_qwen2_vl_config, _qwen2_preprocessor("Qwen2VLProcessor"), tokenizer_class="Qwen2Tokenizer",
 ))
 QWEN2_5_VL = _qwen_family("qwen2_5_vl", "qwen2_5_vl", TinySpec(
     "tiny/qwen2.5-vl", QWEN2_VL_SPECIAL_TOKENS, _QWEN_TOKENIZER, QWEN2_VL_CHAT_TEMPLATE,
-    tiny_qwen2_5_vl_config, _qwen2_image_processor, tokenizer_class="Qwen2Tokenizer",
+    tiny_qwen2_5_vl_config, _qwen2_preprocessor("Qwen2_5_VLProcessor"), tokenizer_class="Qwen2Tokenizer",
 ))
 # Qwen3-VL's DeepStack mergers feed intermediate vision features into early decoder layers:
 # they project vision features into the language space, so they belong to the projector.
 QWEN3_VL = _qwen_family("qwen3_vl", "qwen3_vl", TinySpec(
     "tiny/qwen3-vl", QWEN3_VL_SPECIAL_TOKENS, _QWEN_TOKENIZER, QWEN3_VL_CHAT_TEMPLATE,
-    tiny_qwen3_vl_config, _qwen3_image_processor, tokenizer_class="Qwen2Tokenizer",
+    tiny_qwen3_vl_config, _qwen3_preprocessor(256 * 256, "image_processor_type", "Qwen2VLImageProcessorFast"),
+    tokenizer_class="Qwen2Tokenizer",
+    video_preprocessor_config=_qwen3_preprocessor(384 * 256, "video_processor_type", "Qwen3VLVideoProcessor"),
 ), projector=("model.visual.merger", "model.visual.deepstack_merger_list"))

@@ -1,0 +1,90 @@
+"""Test-only: make torchvision importable on the CPU-only torch of the test environment.
+
+Why: the real Qwen-VL processors (`Qwen2VLProcessor`, `Qwen2_5_VLProcessor`, `Qwen3VLProcessor`)
+cannot be built without torchvision (their video processors need it), and they are the reference
+mmlora's own image-text processing is compared with token for token. torchvision 0.28.0 is the
+release for torch 2.13, but its PyPI wheel's compiled ops do not load on the CPU torch build, and
+`import torchvision` then fails registering fake kernels for operators that do not exist
+("operator torchvision::nms does not exist"). Defining the operators' schemas with torch.library
+first lets the import succeed; the Python image transforms the processors use never call the
+compiled ops (detection ops such as nms would fail if called: no kernel is registered).
+
+Installed with `pip install --no-deps torchvision==0.28.0` (requirements-test.txt, `make test`).
+`enable()` must run before anything imports mmlora or transformers: conftest.py calls it when
+MMLORA_TEST_TORCHVISION=1; tests/test_torchvision_peers.py starts such a session.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+# torchvision's operator schemas (torchvision/csrc/ops/*.cpp, TORCH_LIBRARY_FRAGMENT).
+TORCHVISION_OP_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+    "int sampling_ratio, bool aligned) -> Tensor",
+    "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+    "int sampling_ratio, bool aligned) -> Tensor",
+    "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+    "-> (Tensor, Tensor)",
+    "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor",
+    "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+    "int sampling_ratio) -> (Tensor, Tensor)",
+    "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
+    "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, SymInt batch_size, SymInt channels, "
+    "SymInt height, SymInt width) -> Tensor",
+    "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+    "-> (Tensor, Tensor)",
+    "_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
+    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
+    "SymInt width) -> Tensor",
+    "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, SymInt stride_h, "
+    "SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
+    "SymInt offset_groups, bool use_mask) -> Tensor",
+    "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, Tensor mask, "
+    "Tensor bias, SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, "
+    "SymInt dilation_w, SymInt groups, SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, "
+    "Tensor, Tensor)",
+)
+
+_library = None  # kept alive: dropping the Library object would unregister the schemas
+
+
+def installed() -> bool:
+    """torchvision's files are installed (read from its metadata: mmlora hides an unimportable
+    torchvision from find_spec once imported)."""
+    try:
+        importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _ops_defined() -> bool:
+    import torch
+
+    try:
+        torch.ops.torchvision.nms  # noqa: B018 - raises when the operator does not exist
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def enable() -> bool:
+    """Define torchvision's operator schemas where its compiled ops did not, then import it.
+    False when torchvision is not installed."""
+    global _library
+    if not installed():
+        return False
+    import torch
+
+    if not _ops_defined():
+        _library = torch.library.Library("torchvision", "DEF")
+        for schema in TORCHVISION_OP_SCHEMAS:
+            _library.define(schema)
+    import torchvision  # noqa: F401
+
+    return True
