@@ -11,9 +11,9 @@ all reload the same inputs:
   image_processing_auto: "nested config if found -> image processor config"), so it must hold
   the trained bounds: the family processor's own `save_pretrained` would write the checkpoint's
   defaults there and shadow the trained file.
-- `preprocessor_config.json`: the same image processor, flat, with `processor_class`. For the
-  Qwen-VL processors also top-level `min_pixels` / `max_pixels` (the published format): their
-  `__init__` lets those keys override `size`, so both must say the same.
+- `preprocessor_config.json`: the same image processor, flat, with `processor_class`. Where the
+  checkpoint states top-level `min_pixels` / `max_pixels` (Qwen2-VL's published format), they
+  are written with the trained values as well: Qwen2VLImageProcessor lets them override `size`.
 - `tokenizer_config.json` with `processor_class`: where AutoProcessor looks last; without it an
   adapter folder (no config.json) reloads as a bare tokenizer.
 - `chat_template.jinja`: the template the answers were rendered with (mmlora's for LLaVA).
@@ -47,17 +47,29 @@ def processor_class_name(processor) -> str | None:
     return PROCESSOR_MAPPING_NAMES.get(model_type)
 
 
-def _accepts(image_processor, key: str) -> bool:
-    kwargs = getattr(type(image_processor), "valid_kwargs", None)
-    return key in getattr(kwargs, "__annotations__", {})
+def _source_image_config(processor) -> dict:
+    """The image processor config the processor was loaded from (what transformers reads:
+    processor_config.json's nested dict, else preprocessor_config.json); {} when unreadable."""
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    source = getattr(processor.tokenizer, "name_or_path", None)
+    if not source:
+        return {}
+    try:
+        return ImageProcessingMixin.get_image_processor_dict(source, local_files_only=True)[0]
+    except Exception:  # noqa: BLE001 - nothing readable offline: write `size` only
+        return {}
 
 
-def image_processor_dict(image_processor) -> dict[str, Any]:
-    """The image processor's settings as a JSON dict, bounds stated in every key its class reads."""
+def image_processor_dict(image_processor, source_config: dict | None = None) -> dict[str, Any]:
+    """The image processor's settings as a JSON dict. Where the checkpoint states the bounds as
+    top-level `min_pixels` / `max_pixels` (Qwen2-VL's published format), those keys are written
+    too, with the trained values: transformers lets them override `size` when loading, and
+    readers of older versions read only them."""
     data = json.loads(image_processor.to_json_string())
     size = data.get("size") or {}
-    if _accepts(image_processor, "min_pixels") and {"shortest_edge", "longest_edge"} <= set(size):
-        # Qwen-VL: top-level min/max_pixels override `size` when loading; keep them equal.
+    top_level = {"min_pixels", "max_pixels"} & set(source_config or {})
+    if top_level and {"shortest_edge", "longest_edge"} <= set(size):
         data["min_pixels"], data["max_pixels"] = size["shortest_edge"], size["longest_edge"]
     return data
 
@@ -88,7 +100,7 @@ def write_processor_files(processor, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     processor_class = processor_class_name(processor)
-    image_dict = image_processor_dict(processor.image_processor)
+    image_dict = image_processor_dict(processor.image_processor, _source_image_config(processor))
     _write_json(out_dir / "processor_config.json", processor_config_dict(processor, image_dict, processor_class))
     flat = {**image_dict, "processor_class": processor_class} if processor_class else image_dict
     _write_json(out_dir / "preprocessor_config.json", flat)
