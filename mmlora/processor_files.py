@@ -181,10 +181,13 @@ def trained_bounds(adapter: str | Path | None, model_name: str) -> tuple[int, in
     """The bounds a run was trained with: the adapter's (its recipe.yaml, else mmlora.json),
     else those a saved model folder records; None when neither says."""
     if adapter:
-        from mmlora.infer import model_config_for
+        import yaml
 
-        cfg = model_config_for(None, str(adapter), None, None)
-        return cfg.min_pixels, cfg.max_pixels
+        recipe = Path(adapter) / "recipe.yaml"
+        model = (yaml.safe_load(recipe.read_text()) or {}).get("model", {}) if recipe.is_file() else {}
+        if isinstance(model.get("min_pixels"), int) and isinstance(model.get("max_pixels"), int):
+            return model["min_pixels"], model["max_pixels"]
+        return recorded_bounds(adapter)
     return recorded_bounds(model_name) if Path(model_name).is_dir() else None
 
 

@@ -129,6 +129,22 @@ def test_recipe_sets_bounds_only_when_the_file_or_an_override_says_so(tmp_path):
     assert recipe_sets_bounds("tiny_vqa", [])  # the shipped recipe states its bounds
 
 
+def test_eval_uses_the_trained_bounds_unless_the_recipe_sets_its_own(tmp_path, capsys):
+    from mmlora.config import save_recipe
+    from mmlora.evaluation import use_trained_bounds
+
+    save_recipe(load_recipe("tiny_vqa", ["model.min_pixels=6272", "model.max_pixels=15680"]),
+                tmp_path / "recipe.yaml")
+    recipe = load_recipe("tiny_vqa")
+    use_trained_bounds(recipe, tmp_path, recipe_sets_bounds=False)
+    assert (recipe.model.min_pixels, recipe.model.max_pixels) == (6272, 15680)
+    assert "using the trained min/max_pixels 6272/15680" in capsys.readouterr().err
+    recipe = load_recipe("tiny_vqa")
+    use_trained_bounds(recipe, tmp_path, recipe_sets_bounds=True)
+    assert (recipe.model.min_pixels, recipe.model.max_pixels) == (3136, 50176)
+    assert "trained with min/max_pixels 6272/15680; evaluating at 3136/50176" in capsys.readouterr().err
+
+
 # --- adapters applied to another base (item 7) ---------------------------------------------
 
 def _write_adapter(model_name: str, out: Path, recipe_name: str = "tiny_vqa") -> Path:
@@ -199,6 +215,20 @@ def test_adapter_of_another_model_size_is_refused_by_its_shapes(tmp_path):
         load_with_adapter(ModelConfig(name=str(wider)), str(adapter), device="cpu")
     with pytest.raises(MmloraError, match="does not fit"):
         merge_adapter(adapter, tmp_path / "merged", base=str(wider))
+
+
+def test_adapter_on_a_relative_local_model_loads_from_another_directory(tmp_path, monkeypatch):
+    (tmp_path / "A").mkdir(), (tmp_path / "B").mkdir()
+    save_tiny_model("tiny/qwen2-vl", tmp_path / "A" / "base")
+    monkeypatch.chdir(tmp_path / "A")
+    adapter = _write_adapter("base", tmp_path / "A" / "run")  # model.name=base, relative
+    absolute = str((tmp_path / "A" / "base").resolve())
+    assert _json(adapter / "adapter_config.json")["base_model_name_or_path"] == absolute
+    assert _json(adapter / RECORD_FILE)["base_model"] == absolute
+    monkeypatch.chdir(tmp_path / "B")
+    cfg = model_config_for(None, str(adapter), None, None)
+    assert cfg.name == absolute
+    load_with_adapter(cfg, str(adapter), device="cpu")
 
 
 # --- end to end: train with a relative path, serve from elsewhere -------------------------
