@@ -19,7 +19,6 @@ from mmlora.config import ModelConfig
 from mmlora.families import family_for_model_type
 from mmlora.modeling import _source_dir, load_config
 from mmlora.processor import load_processor
-from mmlora.processor_files import model_record
 from mmlora.samples import Sample, assistant_turn, user_turn
 
 IMAGE = Image.new("RGB", (331, 217), (200, 30, 40))  # larger than every bound used here
@@ -48,7 +47,12 @@ def check(entry: dict) -> dict:
     folder = entry.get("folder")
     if folder is None:
         folder = tempfile.mkdtemp()
-        trained.record = model_record(cfg.name, family, config, cfg.min_pixels, cfg.max_pixels)
+        try:  # as load_model_and_processor sets it (absent before the train<->serve contract)
+            from mmlora.processor_files import model_record
+        except ImportError:
+            model_record = None
+        if model_record is not None:
+            trained.record = model_record(cfg.name, family, config, cfg.min_pixels, cfg.max_pixels)
         trained.save_pretrained(folder)
     out = {"grid": example.image_grid_thw.tolist() if example.image_grid_thw is not None else None}
 
