@@ -138,8 +138,11 @@ def cmd_eval(args) -> int:
     from mmlora.evaluation import run_eval
     from mmlora.report import metric_rows
 
+    from mmlora.processor_files import recipe_sets_bounds
+
     recipe = load_recipe(args.recipe, args.overrides)
-    report, out = run_eval(recipe, args.adapter, args.compare_base, args.split, args.limit, args.output_dir)
+    report, out = run_eval(recipe, args.adapter, args.compare_base, args.split, args.limit, args.output_dir,
+                           recipe_sets_bounds=recipe_sets_bounds(args.recipe, args.overrides))
     labels = [run.label for run in report.runs] + (["difference"] if len(report.runs) > 1 else [])
     print(f"{'metric (x100)':<16}" + "".join(f"{label:>12}" for label in labels))
     for row in metric_rows(report):
@@ -209,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="question or instruction")
     p.add_argument("--gpu", help="GPU ids to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--min-pixels", type=int, default=None, help="default: the adapter's recipe, else 3136")
-    p.add_argument("--max-pixels", type=int, default=None, help="default: the adapter's recipe, else 200704")
+    p.add_argument("--min-pixels", type=int, default=None,
+                   help="default: the adapter's recipe, else the model folder's mmlora.json, else 3136")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="default: the adapter's recipe, else the model folder's mmlora.json, else 200704")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("recipes", help="list, show or copy shipped recipes", description=(

@@ -219,12 +219,36 @@ def default_output_dir(recipe: Recipe, adapter_dir: Path | None, split: str) -> 
 
 
 def _check_base_matches(recipe: Recipe, adapter: Path) -> None:
+    """Refuse an adapter of another family before any weight loads; warn when only the base's
+    name differs (e.g. an instruct vs a base checkpoint of one architecture)."""
+    from mmlora.adapter_fit import check_adapter_family
     from mmlora.infer import adapter_base_model
+    from mmlora.modeling import detect_family
+    from mmlora.processor_files import resolve_model_name
 
+    check_adapter_family(adapter, detect_family(recipe.model.name, recipe.model), recipe.model.name)
     base = adapter_base_model(adapter)
-    if base != recipe.model.name:
+    if resolve_model_name(base) != resolve_model_name(recipe.model.name):
         print(f"mmlora: warning: adapter {adapter} was trained on '{base}', evaluating it on "
               f"model.name='{recipe.model.name}'.", file=sys.stderr)
+
+
+def use_trained_bounds(recipe: Recipe, adapter_dir: Path | None, recipe_sets_bounds: bool) -> None:
+    """Evaluate at the pixel bounds the adapter (or the saved model folder) was trained with,
+    unless the recipe sets its own; say so when the two differ."""
+    from mmlora.processor_files import trained_bounds
+
+    trained = trained_bounds(adapter_dir, recipe.model.name)
+    current = (recipe.model.min_pixels, recipe.model.max_pixels)
+    if trained is None or trained == current:
+        return
+    where = adapter_dir or recipe.model.name
+    if recipe_sets_bounds:
+        print(f"mmlora: warning: {where} was trained with min/max_pixels {trained[0]}/{trained[1]}; "
+              f"evaluating at {current[0]}/{current[1]} as the recipe sets.", file=sys.stderr)
+        return
+    recipe.model.min_pixels, recipe.model.max_pixels = trained
+    print(f"mmlora: using the trained min/max_pixels {trained[0]}/{trained[1]} of {where}.", file=sys.stderr)
 
 
 def generate_run(label: str, name: str, model, processor, samples: list[Sample], recipe: Recipe,
@@ -241,8 +265,12 @@ def generate_run(label: str, name: str, model, processor, samples: list[Sample],
 
 
 def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = False, split: str = "eval",
-             limit: int | None = None, output_dir: str | None = None) -> tuple[EvalReport, Path]:
-    """Run `mmlora eval`: generate, score, write the four files; returns the report and its folder."""
+             limit: int | None = None, output_dir: str | None = None,
+             recipe_sets_bounds: bool = True) -> tuple[EvalReport, Path]:
+    """Run `mmlora eval`: generate, score, write the four files; returns the report and its folder.
+
+    `recipe_sets_bounds=False` (the recipe leaves model.min/max_pixels at their defaults) makes
+    the adapter's or saved model folder's trained bounds apply."""
     data_file = resolve_split(recipe, split)
     adapter_dir = find_adapter(recipe, adapter)
     if adapter_dir is None and not compare_base:
@@ -261,16 +289,21 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
     references = [item.references for item in items]
     out = Path(output_dir) if output_dir else default_output_dir(recipe, adapter_dir, split)
 
+    from mmlora.adapter_fit import check_adapter_fits
     from mmlora.modeling import load_model_and_processor
 
+    use_trained_bounds(recipe, adapter_dir, recipe_sets_bounds)
+    if adapter_dir is not None:
+        _check_base_matches(recipe, adapter_dir)
     loaded = load_model_and_processor(recipe.model)
+    if adapter_dir is not None:  # refused before anything is generated or an earlier report is replaced
+        check_adapter_fits(adapter_dir, loaded.model, recipe.model.name)
     runs = []
     if adapter_dir is None or compare_base:
         runs.append(generate_run(BASE, recipe.model.name, loaded.model, loaded.processor, samples, recipe, references))
     if adapter_dir is not None:
         from peft import PeftModel
 
-        _check_base_matches(recipe, adapter_dir)
         # Merged into the base weights (base predictions are done): generation at base speed.
         tuned = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
         runs.append(generate_run(FINE_TUNED, str(adapter_dir), tuned, loaded.processor, samples, recipe, references))

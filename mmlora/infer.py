@@ -25,21 +25,46 @@ def adapter_base_model(adapter_dir: Path) -> str:
 
 
 def model_config_for(model: str | None, adapter: str | None, min_pixels, max_pixels) -> ModelConfig:
-    """Model settings: explicit flags, else the adapter's recipe, else the defaults."""
+    """Model settings: explicit flags, else the adapter's recipe, else the bounds a saved model
+    folder records (mmlora.json: a merged model keeps its trained bounds), else the defaults."""
+    from mmlora.processor_files import recorded_bounds
+
     cfg = ModelConfig()
     if adapter:
         recipe_path = Path(adapter) / "recipe.yaml"
         if recipe_path.is_file():
             saved = (yaml.safe_load(recipe_path.read_text()) or {}).get("model", {})
             cfg = ModelConfig(**{k: v for k, v in saved.items() if k in ModelConfig.__dataclass_fields__})
+        elif recorded_bounds(adapter):
+            cfg.min_pixels, cfg.max_pixels = recorded_bounds(adapter)
         cfg.name = model or adapter_base_model(Path(adapter))
     elif model:
         cfg.name = model
+        if recorded_bounds(model):
+            cfg.min_pixels, cfg.max_pixels = recorded_bounds(model)
     else:
         raise MmloraError("Give --model (hub id, local dir or tiny id) or --adapter DIR.")
     cfg.min_pixels = min_pixels or cfg.min_pixels
     cfg.max_pixels = max_pixels or cfg.max_pixels
     return cfg
+
+
+def load_with_adapter(cfg: ModelConfig, adapter: str | None, device: str | None = None):
+    """Load `cfg`'s model and processor and merge `adapter` into it (refused, in one line, when
+    it was trained on another base: mmlora/adapter_fit.py). Returns (model, LoadedModel)."""
+    from mmlora.adapter_fit import check_adapter_family, check_adapter_fits
+    from mmlora.modeling import detect_family, load_model_and_processor
+
+    if adapter:
+        check_adapter_family(adapter, detect_family(cfg.name, cfg), cfg.name)  # before the weights load
+    loaded = load_model_and_processor(cfg, device=device)
+    net = loaded.model
+    if adapter:
+        from peft import PeftModel
+
+        check_adapter_fits(adapter, net, cfg.name)
+        net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+    return net, loaded
 
 
 def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
@@ -57,14 +82,8 @@ def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
     import torch
 
     from mmlora.generate import generate_answers
-    from mmlora.modeling import load_model_and_processor
 
     if not torch.cuda.is_available():
         print("mmlora: no CUDA device visible; running on CPU.", file=sys.stderr)
-    loaded = load_model_and_processor(cfg)
-    net = loaded.model
-    if adapter:
-        from peft import PeftModel
-
-        net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+    net, loaded = load_with_adapter(cfg, adapter)
     return generate_answers(net, loaded.processor, [sample], 1, max_new_tokens, first_line=False)[0]

@@ -80,10 +80,8 @@ def verify_saved_weights(out_dir: Path, model) -> tuple[int, int]:
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None,
                   base: str | None = None, max_shard_size: str = "4GB") -> MergeResult:
     """Merge `adapter_dir` into its base model (or `base`) and save the result in `out_dir`."""
-    from peft import PeftModel
-
-    from mmlora.infer import model_config_for
-    from mmlora.modeling import load_model_and_processor
+    from mmlora.infer import load_with_adapter, model_config_for
+    from mmlora.processor_files import read_record, write_record
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -98,9 +96,12 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str | Non
     cfg.quantization = "none"
     cfg.dtype = DTYPES[dtype] if dtype else (cfg.dtype if cfg.dtype != "auto" else "bfloat16")
     # Merging is a one-off sum of weights: the CPU does it without competing for GPU memory.
-    loaded = load_model_and_processor(cfg, device="cpu")
-    merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+    # An adapter trained on another base is refused before anything is written.
+    merged, loaded = load_with_adapter(cfg, str(adapter_dir), device="cpu")
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    # The trained bounds, template and processor class, as every loader reads them, plus
+    # mmlora.json for `mmlora infer --model OUT` (mmlora/processor_files.py).
     loaded.processor.save_pretrained(out_dir)
+    write_record(out_dir, {**read_record(out_dir), "merged_adapter": str(adapter_dir.resolve())})
     tensors, shards = verify_saved_weights(out_dir, merged)
     return MergeResult(out_dir, merged, cfg.name, cfg.dtype, tensors, shards)

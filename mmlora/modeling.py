@@ -18,6 +18,7 @@ from mmlora.config import ModelConfig
 from mmlora.errors import MmloraError
 from mmlora.families import Family, family_for_model_type
 from mmlora.processor import ImageTextProcessor, load_processor
+from mmlora.processor_files import model_record
 from mmlora.tiny import build_tiny_model, is_tiny, tiny_dir
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,10 @@ def load_model_and_processor(cfg: ModelConfig, device: str | None = None,
             "safetensors weights from a source you trust."
         ) from None
     log.info("loaded %s (%s, %s, quantization %s)", cfg.name, family.name, dtype, cfg.quantization)
+    # What saved folders record (mmlora/processor_files.py): PEFT writes model.name_or_path into
+    # adapter_config.json, so a local folder is named by its absolute path there too.
+    processor.record = model_record(cfg.name, family, config, cfg.min_pixels, cfg.max_pixels)
+    model.name_or_path = model.config._name_or_path = processor.record["base_model"]
     if quantization is None:  # quantised models are placed by device_map and cannot be moved
         model = model.to(device)
     set_attn_implementation(model, attn_implementation)

@@ -103,6 +103,9 @@ class ImageTextProcessor:
     """The model's config: visual tokens per image depend on it (patch size, tokens per image)."""
     processor_config: dict | None = None
     """The checkpoint's processor_config.json, written back by save_pretrained."""
+    record: dict | None = None
+    """Base model, family and pixel bounds this processor was loaded with, written to
+    mmlora.json by save_pretrained (set by modeling.load_model_and_processor)."""
 
     @property
     def image_token_id(self) -> int:
@@ -199,16 +202,11 @@ class ImageTextProcessor:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
-        """Write the files a later `load_processor(out_dir)` (or AutoProcessor) reads back."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.full_processor is not None:
-            self.full_processor.save_pretrained(out_dir)
-        elif self.processor_config:
-            (out_dir / "processor_config.json").write_text(json.dumps(self.processor_config, indent=2) + "\n")
-        self.tokenizer.save_pretrained(out_dir)
-        self.image_processor.save_pretrained(out_dir)
-        (out_dir / "chat_template.jinja").write_text(self.chat_template)
+        """Write the files a later `load_processor(out_dir)`, AutoProcessor, AutoImageProcessor
+        or AutoTokenizer reads back as the trained preprocessing (mmlora/processor_files.py)."""
+        from mmlora.processor_files import write_processor_files
+
+        write_processor_files(self, out_dir)
 
 
 def _read_template_file(source: str, local: Path | None, name: str, **hub_kwargs) -> str | None:
