@@ -1,7 +1,7 @@
 """Reload saved folders the way a server does and compare with mmlora's training inputs.
 
 Run by tests/test_saved_folders.py in a fresh interpreter with or without torchvision
-(tests/torchvision_local.py). Argument: a JSON list of {"model", "min_pixels", "max_pixels",
+(tests/torchvision_peer.py run_script). Argument: a JSON list of {"model", "min_pixels", "max_pixels",
 "folder"?}; without "folder" the processor's files are written into a temporary folder first.
 Prints one line `RESULT <json>`: per entry, what AutoProcessor / AutoImageProcessor /
 AutoTokenizer and mmlora's own loader make of the folder, compared with the training path.

@@ -88,3 +88,42 @@ def enable() -> bool:
     import torchvision  # noqa: F401
 
     return True
+
+
+# Scripts run in a fresh interpreter with or without torchvision: transformers decides once, at
+# import, which backends exist, so one process cannot test both paths.
+_WITH = """\
+import sys
+sys.path.insert(0, {tests_dir!r})
+import torchvision_peer
+torchvision_peer.enable()
+"""
+# `sys.modules["torchvision"] = None` makes find_spec (what transformers asks) report it absent.
+_WITHOUT = """\
+import sys
+sys.modules["torchvision"] = None
+"""
+
+
+def run_script(script, args: list[str], torchvision: bool, timeout: int = 600) -> str:
+    """Run `script` with `args` in a fresh interpreter, with or without torchvision; returns its
+    stdout (the calling test fails with the script's stderr when it exits non-zero, and is
+    skipped when torchvision is wanted but not installed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    if torchvision and not installed():
+        pytest.skip("torchvision is not installed (make test installs it: requirements-test.txt)")
+    tests_dir = str(Path(__file__).resolve().parent)
+    preamble = _WITH.format(tests_dir=tests_dir) if torchvision else _WITHOUT
+    code = (preamble + f"sys.argv = {[str(script), *args]!r}\n"
+            + f"exec(compile(open({str(script)!r}).read(), {str(script)!r}, 'exec'))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=timeout, cwd=Path(tests_dir).parent)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
