@@ -62,8 +62,8 @@ def answer_one(model: str | None, adapter: str | None, image: str, prompt: str,
     loaded = load_model_and_processor(cfg)
     net = loaded.model
     if adapter:
-        from peft import PeftModel
+        from mmlora.lora import load_adapter
 
-        net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+        net = load_adapter(net, adapter).merge_and_unload()
     sample = Sample([picture], [user_turn(prompt)], source=str(image_path))
     return generate_answers(net, loaded.processor, [sample], 1, max_new_tokens, first_line=False)[0]

@@ -80,9 +80,8 @@ def verify_saved_weights(out_dir: Path, model) -> tuple[int, int]:
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = None,
                   base: str | None = None, max_shard_size: str = "4GB") -> MergeResult:
     """Merge `adapter_dir` into its base model (or `base`) and save the result in `out_dir`."""
-    from peft import PeftModel
-
     from mmlora.infer import model_config_for
+    from mmlora.lora import load_adapter
     from mmlora.modeling import load_model_and_processor
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -99,7 +98,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str | Non
     cfg.dtype = DTYPES[dtype] if dtype else (cfg.dtype if cfg.dtype != "auto" else "bfloat16")
     # Merging is a one-off sum of weights: the CPU does it without competing for GPU memory.
     loaded = load_model_and_processor(cfg, device="cpu")
-    merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+    merged = load_adapter(loaded.model, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     loaded.processor.save_pretrained(out_dir)
     tensors, shards = verify_saved_weights(out_dir, merged)
