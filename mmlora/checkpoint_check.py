@@ -52,9 +52,13 @@ def _read_safetensors(path: Path) -> str | None:
 
 def _read_torch(path: Path) -> str | None:
     import torch
+    from transformers.trainer_pt_utils import safe_globals
 
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        # The Trainer's own allowlist (numpy arrays and dtypes, for the RNG state): read exactly
+        # as resume reads it, still weights_only.
+        with safe_globals():
+            torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, unpickling refused, I/O error
         return f"{path.name} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     return None
