@@ -225,7 +225,7 @@ def test_demo_rerun_and_interruption_never_leave_a_mixed_folder(tmp_path):
     from mmlora.demo import run_demo
 
     out = tmp_path / "demo"
-    short = [f"train.output_dir={out}", "train.max_steps=2", "eval.limit=4", "train.eval_strategy=never",
+    short = [f"train.output_dir={out}", "train.max_steps=2", "eval.limit=2", "train.eval_strategy=never",
              "train.save_steps=0"]
     run_demo("tiny_vqa", [*short, "eval.generate_at_end=true"])
     assert (out / "eval_metrics.json").is_file()
@@ -235,7 +235,7 @@ def test_demo_rerun_and_interruption_never_leave_a_mixed_folder(tmp_path):
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     started = time.time()
-    proc = subprocess.Popen(mmlora_command(["mmlora", "demo", "tiny_vqa", *short, "train.max_steps=500"]),
+    proc = subprocess.Popen(mmlora_command(["mmlora", "demo", *short, "train.max_steps=500"]),
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not any(
