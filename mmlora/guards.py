@@ -78,9 +78,10 @@ class GracefulInterrupt(TrainerCallback):
         self._previous = {}
         self._at_once = False
 
-    def stop_at_once(self) -> None:
-        """From now on a signal raises StopNow: nothing is left that a signal could lose."""
-        self._at_once = True
+    def stop_at_once(self, at_once: bool = True) -> None:
+        """From now on a signal raises StopNow (nothing is left that a signal could lose), or
+        with False, is deferred again."""
+        self._at_once = at_once
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():

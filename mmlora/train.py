@@ -276,9 +276,10 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
         evaluation.finish(result.model)
     except StopNow as stop:
         result.interrupted_by = stop.signum
-        return
-    if trainer.args.should_save:  # the final_* metrics join the log written above
-        write_train_log(result.output_dir, trainer.state.log_history)
+    finally:
+        interrupt.stop_at_once(False)  # writing the log below: a signal waits for it again
+    if result.interrupted_by is None and trainer.args.should_save:
+        write_train_log(result.output_dir, trainer.state.log_history)  # now with the final_* metrics
 
 
 def shell_command(words: list[str]) -> str:

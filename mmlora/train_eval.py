@@ -156,6 +156,12 @@ class TrainingEvaluation(TrainerCallback):
             return
         self._final(trainer.args, trainer.state, model)
         self._write_metrics(Path(trainer.args.output_dir))
+        # TensorBoard closed its writer at on_train_end; logging final_* opened a new one.
+        from transformers.integrations import TensorBoardCallback
+
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback):
+                callback.on_train_end(trainer.args, trainer.state, trainer.control)
 
     def _sharded(self) -> bool:
         from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
