@@ -269,8 +269,11 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
         save_outputs(result.output_dir, result.model, result.loaded, recipe, trainer.state.log_history)
         print(f"saved adapter, processor and recipe to {result.output_dir}")
     result.adapter_saved = True
-    if interrupt.signum is not None or not evaluation.wants_final():
+    if not evaluation.wants_final():
+        result.interrupted_by = None  # a signal during the last step found nothing left undone
         return
+    if interrupt.signum is not None:
+        return  # the signal came before the final evaluation: it is skipped (message in the CLI)
     interrupt.stop_at_once()
     try:
         evaluation.finish(result.model)
