@@ -190,7 +190,8 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
         if 0 < recipe.train.max_steps <= done:
             raise MmloraError(
                 f"{checkpoint} already reached train.max_steps={recipe.train.max_steps}: nothing "
-                "to resume. Its adapter is in that folder (use it with --adapter)."
+                "to resume. Its adapter is in that folder (use it with --adapter); to train on, "
+                "resume with a higher train.max_steps."
             )
     # Data pre-scan (mmlora.datascan): bad rows and over-long samples are found before any
     # weights load or step runs; the counts go to data_report.json in the output directory.
