@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from mmlora.config import Recipe, save_recipe
@@ -22,12 +23,19 @@ MARKER = "mmlora_checkpoint.json"
 """Written last into a staged checkpoint: its presence means the checkpoint is complete."""
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
+START_LEFTOVERS = {"data_report.json"}
+"""Files written before training starts: a run that failed there leaves only these."""
+
 RESUME_MAY_DIFFER = {
     "train.output_dir", "train.logging_steps", "train.save_steps", "train.save_total_limit",
     "train.num_workers", "train.max_bad_steps", "train.report_to", "train.eval_strategy",
     "train.eval_steps", "data.eval",
 }
 """Recipe fields a resumed run may change; any other difference would change the result."""
+
+RESUME_MAY_EXTEND = {"train.max_steps", "train.epochs"}
+"""The run's length may change on resume (e.g. extend a finished run); the learning-rate
+schedule is then recomputed for the new length (see length_change_note)."""
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -43,12 +51,22 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def find_checkpoint(output_dir: str | Path, which: str) -> Path:
-    """`latest` -> the newest complete checkpoint of `output_dir`; else `which` is a checkpoint dir."""
+def find_checkpoint(output_dir: str | Path, which: str, world_size: int = 1) -> Path:
+    """`latest` -> the newest complete and intact checkpoint of `output_dir` (a damaged newer one
+    is skipped, with a message); else `which` is a checkpoint dir, which must be intact.
+
+    Intact: every file resume reads is there and readable (mmlora/checkpoint_check.py), so a
+    resumed run is never silently different from an uninterrupted one."""
+    from mmlora.checkpoint_check import checkpoint_problem
+
     if which != "latest":
         path = Path(which)
         if not (path / MARKER).is_file():
             raise MmloraError(f"'{which}' is not a complete mmlora checkpoint (no {MARKER}).")
+        problem = checkpoint_problem(path, world_size)
+        if problem:
+            raise MmloraError(f"Cannot resume from '{which}': {problem}. Resume from another "
+                              "checkpoint (--resume DIR) or start the run again.")
         return path
     checkpoints = complete_checkpoints(output_dir)
     if not checkpoints:
@@ -56,7 +74,19 @@ def find_checkpoint(output_dir: str | Path, which: str) -> Path:
             f"No complete checkpoint in '{output_dir}' to resume from. Start the run without "
             "--resume (add --overwrite to reuse the directory)."
         )
-    return checkpoints[-1]
+    damaged = []
+    for path in reversed(checkpoints):
+        problem = checkpoint_problem(path, world_size)
+        if problem is None:
+            if damaged:
+                print(f"mmlora: skipping damaged {'; '.join(damaged)}; resuming from {path.name}, "
+                      "the newest intact checkpoint.", file=sys.stderr)
+            return path
+        damaged.append(f"{path.name} ({problem})")
+    raise MmloraError(
+        f"No intact checkpoint in '{output_dir}' to resume from: {'; '.join(damaged)}. Start the "
+        "run again with --overwrite."
+    )
 
 
 def finalize_checkpoint(staged: Path, output_dir: Path, recipe: Recipe, processor, step: int) -> Path:
@@ -107,7 +137,7 @@ def check_resume_compatible(checkpoint: Path, recipe: Recipe) -> None:
     differing = sorted(
         key for key in set(saved) | set(current)
         # eval.* only changes what is measured, never what is trained
-        if key not in RESUME_MAY_DIFFER and not key.startswith("eval.")
+        if key not in RESUME_MAY_DIFFER | RESUME_MAY_EXTEND and not key.startswith("eval.")
         and saved.get(key) != current.get(key)
     )
     if differing:
@@ -116,12 +146,30 @@ def check_resume_compatible(checkpoint: Path, recipe: Recipe) -> None:
             f"Cannot resume from {checkpoint}: the recipe changed fields that change the result "
             f"({details}). Resume with the checkpoint's recipe ({saved_path}) or start a new run."
         )
+    changed = {k: (saved.get(k), current.get(k)) for k in sorted(RESUME_MAY_EXTEND) if saved.get(k) != current.get(k)}
+    if changed:
+        print(length_change_note(changed, recipe.train.lr_scheduler), file=sys.stderr)
+
+
+def length_change_note(changed: dict, scheduler: str) -> str:
+    """Say what a changed run length does to the learning-rate schedule (it is not silent)."""
+    details = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+    return (
+        f"mmlora: resuming with {details}: the {scheduler} learning-rate schedule (warmup and "
+        "decay) is recomputed for the new length and continues at the step reached, so the "
+        "learning rate follows the new schedule from there on (after a finished decay it rises "
+        "again to the new schedule's value at that step)."
+    )
 
 
 def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
     """Never silently overwrite a previous run: refuse, or with --overwrite clear its checkpoints."""
     clear_staging(output_dir)
-    if resume or not output_dir.exists() or not any(output_dir.iterdir()):
+    if resume or not output_dir.exists():
+        return
+    # What a start that failed before training leaves (the pre-scan's report) holds no trained
+    # work: a rerun overwrites it instead of asking for --overwrite.
+    if all(child.name in START_LEFTOVERS for child in output_dir.iterdir()):
         return
     if not overwrite:
         raise MmloraError(

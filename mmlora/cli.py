@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     if result.interrupted_by is not None:
         from mmlora.train import interrupted_message
 
-        print(interrupted_message(result, args.recipe), file=sys.stderr)
+        print(interrupted_message(result, args.recipe, args.overrides), file=sys.stderr)
         return 128 + result.interrupted_by  # 130 for Ctrl-C, 143 for SIGTERM: stopped, resumable
     print(f"adapter: {result.output_dir}")
     return 0

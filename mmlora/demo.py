@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from mmlora.config import Recipe, load_recipe
+from mmlora.config import Recipe, load_recipe, save_recipe
 from mmlora.data import Sample, load_samples
 from mmlora.errors import MmloraError
 from mmlora.generate import exact_match_accuracy, generate_answers
@@ -38,25 +43,74 @@ def evaluate_samples(model, processor, samples: list[Sample], recipe: Recipe) ->
     return answers, exact_match_accuracy(answers, samples)
 
 
+RUN_FILES = ("recipe.yaml", "data_report.json", "adapter_config.json")
+"""Any of these marks a folder as an mmlora run folder, which a demo may replace."""
+
+
+def check_replaceable(out: Path) -> None:
+    """The demo replaces its output folder as a whole: only an empty folder or an earlier run's."""
+    out = out.resolve()
+    if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+        raise MmloraError(f"train.output_dir={out} is the current directory or above it: the demo "
+                          "replaces its output folder as a whole; choose a folder of its own.")
+    if out.exists() and any(out.iterdir()) and not any((out / name).exists() for name in RUN_FILES):
+        raise MmloraError(f"'{out}' holds files that no mmlora run wrote; the demo replaces its "
+                          "output folder as a whole: choose another train.output_dir or empty it.")
+
+
+def staging_dir(out: Path) -> Path:
+    """A sibling of `out` (same filesystem, so the final rename is atomic)."""
+    return out.resolve().with_name(f".{out.resolve().name}.demo-staging")
+
+
+def swap_in(staged: Path, out: Path) -> None:
+    """Replace `out` by `staged` with two renames: at every moment `out` is all old or all new."""
+    out = out.resolve()
+    old = out.with_name(f".{out.name}.demo-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staged, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def before_and_after(recipe: Recipe) -> DemoResult:
-    """Measure exact match on the eval split, train, measure again (same samples, same model)."""
+    """Measure exact match on the eval split, train, measure again (same samples, same model).
+
+    The demo is meant to be re-run: it trains into a staging folder next to train.output_dir
+    and swaps it in when done, so the output folder never mixes two runs (an old adapter beside
+    new metrics), and an interrupted demo leaves the previous output as it was."""
     from mmlora.modeling import load_model_and_processor
     from mmlora.train import train
 
     if not recipe.data.eval:
         raise MmloraError("The demo needs data.eval in the recipe to measure before and after.")
+    out = Path(recipe.train.output_dir)
+    check_replaceable(out)
     eval_samples = load_samples(recipe.data.eval, recipe.data, recipe.task)
     if recipe.eval.limit:
         eval_samples = eval_samples[: recipe.eval.limit]
-    loaded = load_model_and_processor(recipe.model)
-    before, acc_before = evaluate_samples(loaded.model, loaded.processor, eval_samples, recipe)
-    # LoRA's B starts at zero, so the model trained next starts exactly at the one measured above.
-    # The demo is meant to be re-run: it replaces its own previous output.
-    result = train(recipe, loaded=loaded, overwrite=True)
-    after, acc_after = evaluate_samples(result.model, loaded.processor, eval_samples, recipe)
+    staged = staging_dir(out)
+    shutil.rmtree(staged, ignore_errors=True)  # an earlier demo that was killed
+    staged_recipe = copy.deepcopy(recipe)
+    staged_recipe.train.output_dir = str(staged)
+    try:
+        loaded = load_model_and_processor(recipe.model)
+        before, acc_before = evaluate_samples(loaded.model, loaded.processor, eval_samples, recipe)
+        # LoRA's B starts at zero, so the model trained next starts exactly at the one measured above.
+        result = train(staged_recipe, loaded=loaded)
+        if result.interrupted_by is not None:
+            raise KeyboardInterrupt
+        after, acc_after = evaluate_samples(result.model, loaded.processor, eval_samples, recipe)
+        save_recipe(recipe, staged / "recipe.yaml")  # the output_dir it will have after the swap
+        swap_in(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        print(f"mmlora: demo stopped; {out} is left as it was.", file=sys.stderr)
+        raise
     return DemoResult(
         acc_before, acc_after, [question_of(s) for s in eval_samples],
-        [s.references[0] for s in eval_samples], before, after, str(result.output_dir),
+        [s.references[0] for s in eval_samples], before, after, str(out),
     )
 
 

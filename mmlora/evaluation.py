@@ -302,10 +302,10 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
     if adapter_dir is None or compare_base:
         runs.append(generate_run(BASE, recipe.model.name, loaded.model, loaded.processor, samples, recipe, references))
     if adapter_dir is not None:
-        from peft import PeftModel
+        from mmlora.lora import load_adapter
 
         # Merged into the base weights (base predictions are done): generation at base speed.
-        tuned = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+        tuned = load_adapter(loaded.model, adapter_dir).merge_and_unload()
         runs.append(generate_run(FINE_TUNED, str(adapter_dir), tuned, loaded.processor, samples, recipe, references))
     report = EvalReport(recipe.task, split, str(data_file), items, runs, str(adapter_dir) if adapter_dir else None)
     write_outputs(report, out, recipe)

@@ -18,13 +18,22 @@ class NonFiniteGuard(TrainerCallback):
     Runs right before `optimizer.step()`: dropping every `.grad` makes torch's optimizers skip
     the update (params without grad are left untouched, moments included). The learning-rate
     schedule still advances, so a skipped step counts as a step.
+
+    Each skipped step is recorded in the trainer state's log history (so in trainer_state.json
+    of every later checkpoint and in train_log.jsonl) as {"step": N, "skipped_nonfinite": 1,
+    "skipped_nonfinite_steps": total so far}; a resumed run continues the count from there.
     """
+
+    RECORD = "skipped_nonfinite"
 
     def __init__(self, max_bad_steps: int):
         self.max_bad_steps = max_bad_steps
         self.skipped = 0
         self.consecutive = 0
         self.gave_up_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.skipped = sum(1 for entry in state.log_history if self.RECORD in entry)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         import torch
@@ -38,6 +47,7 @@ class NonFiniteGuard(TrainerCallback):
         self.skipped += 1
         self.consecutive += 1
         step = state.global_step + 1
+        state.log_history.append({self.RECORD: 1, "skipped_nonfinite_steps": self.skipped, "step": step})
         log.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)", step, self.consecutive)
         if self.consecutive >= self.max_bad_steps:
             self.gave_up_at = step
@@ -49,13 +59,29 @@ class NonFiniteGuard(TrainerCallback):
             logs["skipped_nonfinite_steps"] = self.skipped
 
 
+class StopNow(BaseException):
+    """Raised by GracefulInterrupt's handler once nothing is left to save (see stop_at_once).
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class GracefulInterrupt(TrainerCallback):
     """First Ctrl-C / SIGTERM: save a checkpoint at the next step boundary and stop.
-    Second Ctrl-C: stop at once."""
+    Second Ctrl-C: stop at once. After `stop_at_once()` (the adapter is saved, only the final
+    evaluation is left), the first signal stops at once with StopNow."""
 
     def __init__(self):
         self.signum: int | None = None
         self._previous = {}
+        self._at_once = False
+
+    def stop_at_once(self, at_once: bool = True) -> None:
+        """From now on a signal raises StopNow (nothing is left that a signal could lose), or
+        with False, is deferred again."""
+        self._at_once = at_once
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -69,6 +95,9 @@ class GracefulInterrupt(TrainerCallback):
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if self._at_once:
+            self.signum = signum
+            raise StopNow(signum)
         if self.signum is not None:
             raise KeyboardInterrupt  # second signal: leave now
         self.signum = signum

@@ -60,10 +60,10 @@ def load_with_adapter(cfg: ModelConfig, adapter: str | None, device: str | None 
     loaded = load_model_and_processor(cfg, device=device)
     net = loaded.model
     if adapter:
-        from peft import PeftModel
+        from mmlora.lora import load_adapter
 
         check_adapter_fits(adapter, net, cfg.name)
-        net = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+        net = load_adapter(net, adapter).merge_and_unload()
     return net, loaded
 
 

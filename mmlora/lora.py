@@ -210,6 +210,28 @@ def save_adapter(model, out_dir: Path) -> None:
         (out_dir / "adapted_modules.json").write_text(json.dumps(adapted.to_json(), indent=2) + "\n")
 
 
+def load_adapter(model, adapter_dir: str | Path):
+    """`PeftModel.from_pretrained`, with a pickled adapter refused in one line.
+
+    PEFT reads adapter_model.bin with torch.load(weights_only=True): a file holding pickled
+    objects besides tensors is refused (safe), but as a raw UnpicklingError traceback."""
+    import pickle
+
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        if "weights only load failed" not in str(err).lower():
+            raise
+        raise MmloraError(
+            f"Refusing to load the adapter in '{adapter_dir}': adapter_model.bin holds pickled Python "
+            "objects, not just tensors, and unpickling it could run code. Convert it to "
+            "adapter_model.safetensors with a script you trust (safetensors.torch.save_file), "
+            "then retry."
+        ) from None
+
+
 def _compact(names: list[str]) -> str:
     """model.x.layers.{0..N}.a / .b ... shown once: digits folded, shared prefix factored out."""
     patterns = sorted({re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in names})

@@ -72,6 +72,9 @@ class TrainResult:
     """The newest checkpoint written by this run."""
     skipped_steps: int = 0
     """Updates skipped because of a non-finite loss or gradient."""
+    adapter_saved: bool = False
+    """Training finished and the final adapter is in output_dir (also when a signal then
+    stopped the end-of-training evaluation)."""
 
 
 def prepare_model(recipe: Recipe, loaded: LoadedModel | None = None):
@@ -136,6 +139,11 @@ def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, hist
     save_adapter(model, out_dir)
     loaded.processor.save_pretrained(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
+    write_train_log(out_dir, history)
+
+
+def write_train_log(out_dir: Path, history: list[dict]) -> None:
+    """train_log.jsonl: the trainer's log history, one JSON object per line."""
     with (out_dir / "train_log.jsonl").open("w") as handle:
         for entry in history:
             handle.write(json.dumps(entry) + "\n")
@@ -176,13 +184,14 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     if is_main_process():
         prepare_output_dir(out_dir, resume, overwrite)
     if resume:
-        checkpoint = find_checkpoint(out_dir, resume)
+        checkpoint = find_checkpoint(out_dir, resume, world_size())
         check_resume_compatible(checkpoint, recipe)
         done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         if 0 < recipe.train.max_steps <= done:
             raise MmloraError(
                 f"{checkpoint} already reached train.max_steps={recipe.train.max_steps}: nothing "
-                "to resume. Its adapter is in that folder (use it with --adapter)."
+                "to resume. Its adapter is in that folder (use it with --adapter); to train on, "
+                "resume with a higher train.max_steps."
             )
     # Data pre-scan (mmlora.datascan): bad rows and over-long samples are found before any
     # weights load or step runs; the counts go to data_report.json in the output directory.
@@ -226,31 +235,76 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
     interrupt.install()
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except torch.OutOfMemoryError:
-        raise _explain_oom(recipe) from None
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except torch.OutOfMemoryError:
+            raise _explain_oom(recipe) from None
+        result = TrainResult(out_dir, model, loaded, trainer.state.log_history, interrupt.signum,
+                             trainer.last_checkpoint, guard.skipped)
+        if guard.gave_up_at is not None:
+            raise MmloraError(
+                f"Stopped at step {guard.gave_up_at}: {guard.consecutive} consecutive steps had a "
+                f"NaN/inf loss or gradient (their updates were skipped, so the weights are intact). "
+                f"Last good checkpoint: {trainer.last_checkpoint or 'none yet'}. Lower "
+                "train.learning_rate, check the data, or raise train.max_bad_steps."
+            )
+        finish_run(trainer, evaluation, interrupt, result, recipe)
     finally:
         interrupt.uninstall()
-    result = TrainResult(out_dir, model, loaded, trainer.state.log_history, interrupt.signum,
-                         trainer.last_checkpoint, guard.skipped)
-    if guard.gave_up_at is not None:
-        raise MmloraError(
-            f"Stopped at step {guard.gave_up_at}: {guard.consecutive} consecutive steps had a "
-            f"NaN/inf loss or gradient (their updates were skipped, so the weights are intact). "
-            f"Last good checkpoint: {trainer.last_checkpoint or 'none yet'}. Lower "
-            "train.learning_rate, check the data, or raise train.max_bad_steps."
-        )
-    if interrupt.signum is not None:
-        return result
-    if trainer.args.should_save:
-        save_outputs(out_dir, model, loaded, recipe, trainer.state.log_history)
-        print(f"saved adapter, processor and recipe to {out_dir}")
     return result
 
 
-def interrupted_message(result: TrainResult, recipe_arg: str) -> str:
+def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainResult, recipe: Recipe) -> None:
+    """Save the final adapter of a run that reached its last step, then evaluate it.
+
+    The adapter is written first, with signals still deferred (a Ctrl-C cannot cut a file in
+    half), also when a signal arrived during the last step or its eval loss: the training is
+    done and must not be lost. The end-of-training evaluation comes after; a signal during it
+    stops it at once (StopNow) and keeps the adapter.
+    """
+    from mmlora.guards import StopNow
+
+    if trainer.state.global_step < trainer.state.max_steps:
+        return  # stopped early by a signal: the checkpoint is what resumes
+    if trainer.args.should_save:
+        save_outputs(result.output_dir, result.model, result.loaded, recipe, trainer.state.log_history)
+        print(f"saved adapter, processor and recipe to {result.output_dir}")
+    result.adapter_saved = True
+    if not evaluation.wants_final():
+        result.interrupted_by = None  # a signal during the last step found nothing left undone
+        return
+    if interrupt.signum is not None:
+        return  # the signal came before the final evaluation: it is skipped (message in the CLI)
+    interrupt.stop_at_once()
+    try:
+        evaluation.finish(result.model)
+    except StopNow as stop:
+        result.interrupted_by = stop.signum
+    finally:
+        interrupt.stop_at_once(False)  # writing the log below: a signal waits for it again
+    if result.interrupted_by is None and trainer.args.should_save:
+        write_train_log(result.output_dir, trainer.state.log_history)  # now with the final_* metrics
+
+
+def shell_command(words: list[str]) -> str:
+    import shlex
+
+    return shlex.join(["mmlora", *words])
+
+
+def interrupted_message(result: TrainResult, recipe_arg: str, overrides: list[str] = ()) -> str:
+    """What stopped the run, where its work is, and the command that continues THIS run.
+
+    The command repeats the recipe, every override and the output directory (the resolved
+    one), so pasted as printed it resumes this run and no other; shell-quoted."""
     name = signal.Signals(result.interrupted_by).name
-    return (
-        f"mmlora: stopped by {name}; checkpoint saved to {result.checkpoint}. Resume with: "
-        f"mmlora train {recipe_arg} --resume latest"
-    )
+    if result.adapter_saved:
+        evaluate = shell_command(["eval", recipe_arg, *overrides, "--adapter", str(result.output_dir)])
+        return (f"mmlora: stopped by {name} at the end of training, before the evaluation finished; "
+                f"training is complete and the adapter is saved in {result.output_dir}. Run only "
+                f"the evaluation with: {evaluate}")
+    if result.checkpoint is None:
+        return f"mmlora: stopped by {name} before the first checkpoint; nothing to resume."
+    resume = shell_command(["train", recipe_arg, *overrides, "--output-dir", str(result.output_dir),
+                            "--resume", "latest"])
+    return f"mmlora: stopped by {name}; checkpoint saved to {result.checkpoint}. Resume with: {resume}"

@@ -10,6 +10,8 @@
 - `eval.best_metric`: whenever it improves, the adapter is saved to `<output_dir>/best`
   (adapter, processor, recipe and `best.json`), independently of the resumable checkpoints.
 - `loss.png` (train and eval loss) is drawn when training ends, also after an interruption.
+- The end-of-training generation runs after training returns (`finish`, called by train.py
+  once the adapter is saved): a Ctrl-C or SIGTERM during it cannot lose the trained adapter.
 
 Generation runs on the main process only, in eval mode, with the RNG state saved and restored:
 it does not change what training does next.
@@ -131,8 +133,8 @@ class TrainingEvaluation(TrainerCallback):
         if not self.generated or not state.is_world_process_zero:
             return
         if state.global_step >= state.max_steps and self.recipe.eval.generate_at_end:
-            self._final(args, state, model)
-        elif every and state.global_step % every == 0:
+            return  # the last step's point comes from the final evaluation (finish)
+        if every and state.global_step % every == 0:
             subset = self.generated[: self.recipe.eval.generate_subset]
             predictions = self._generate(model, subset)
             self._log_subset(predictions, subset, args, state, model)
@@ -140,15 +142,32 @@ class TrainingEvaluation(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        finished = state.global_step >= state.max_steps
-        if finished and self.final is None and self.generated and self.recipe.eval.generate_at_end:
-            self._final(args, state, model)
         from mmlora.plot import write_loss_plot
 
         out = Path(args.output_dir)
         write_loss_plot(state.log_history, out / "loss.png", title=f"loss ({self.recipe.task})")
         if self.history or self.final:
             self._write_metrics(out)
+
+    def wants_final(self) -> bool:
+        """Whether `finish` has work to do (generation on data.eval at the end of training)."""
+        return bool(self.generated) and self.recipe.eval.generate_at_end
+
+    def finish(self, model) -> None:
+        """The end-of-training evaluation, run by train() after the adapter is saved (so a
+        signal during it loses no training): metrics logged as final_*, eval_metrics.json,
+        eval_predictions.jsonl. Main process only."""
+        trainer = self.trainer
+        if not self.wants_final() or not trainer.state.is_world_process_zero:
+            return
+        self._final(trainer.args, trainer.state, model)
+        self._write_metrics(Path(trainer.args.output_dir))
+        # TensorBoard closed its writer at on_train_end; logging final_* opened a new one.
+        from transformers.integrations import TensorBoardCallback
+
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback):
+                callback.on_train_end(trainer.args, trainer.state, trainer.control)
 
     def _sharded(self) -> bool:
         from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled

@@ -9,6 +9,25 @@ from transformers import Trainer
 from mmlora.checkpoints import STAGING, clear_staging, finalize_checkpoint, rotate
 
 
+def restart_schedule_at_new_length(optimizer, scheduler) -> None:
+    """Set the optimizer's learning rates to the current schedule at the step reached.
+
+    The scheduler is built for this run's length; loading the checkpoint restores its step
+    count but the optimizer keeps the learning rate the *old* length gave for the next step.
+    When a resumed run changes train.max_steps/epochs, the first step would use that stale
+    rate (0 at the end of a finished linear/cosine schedule). For an unchanged length the
+    value computed here is the one the optimizer already holds (same formula, same inputs).
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+
+    if not isinstance(scheduler, LambdaLR):  # DeepSpeed or custom schedulers: left as loaded
+        return
+    rates = [base * schedule(scheduler.last_epoch) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
+
+
 class MmloraTrainer(Trainer):
     """HF Trainer whose checkpoints are staged, completed with recipe + processor, then renamed."""
 
@@ -31,6 +50,18 @@ class MmloraTrainer(Trainer):
 
         return LengthGroupedSampler(self.group_lengths, self.args.per_device_train_batch_size,
                                     self.args.world_size, self.args.data_seed or self.args.seed)
+
+    def _init_training_state(self, max_steps, *args, **kwargs):
+        result = super()._init_training_state(max_steps, *args, **kwargs)
+        # On resume the Trainer restores the logging/eval/save intervals of trainer_state.json;
+        # the recipe may change them (checkpoints.RESUME_MAY_DIFFER), so the recipe's count.
+        self.state.compute_steps(self.args, max_steps)
+        return result
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            restart_schedule_at_new_length(self.optimizer, self.lr_scheduler)
 
     def _get_output_dir(self, trial) -> str:
         root = super()._get_output_dir(trial)
