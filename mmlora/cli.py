@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -31,11 +32,16 @@ EPILOG = """examples:
 
 def cmd_train(args) -> int:
     from mmlora.config import load_recipe
-    from mmlora.train import train
+    from mmlora.preflight import check_before_training
 
+    # Recipe, overrides and installed packages are checked before torch is imported: a typo
+    # fails in a fraction of a second, not after the seconds torch and transformers take.
     recipe = load_recipe(args.recipe, args.overrides)
     if args.output_dir:
         recipe.train.output_dir = args.output_dir
+    check_before_training(recipe)
+    from mmlora.train import train
+
     result = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted_by is not None:
         from mmlora.train import interrupted_message
@@ -46,16 +52,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+GPU_IDS = re.compile(r"(\d+|(GPU|MIG)-[\w/-]+)(,(\d+|(GPU|MIG)-[\w/-]+))*")
+"""What CUDA_VISIBLE_DEVICES accepts: indices or device UUIDs, comma separated."""
+
+
 def apply_gpu_selection(gpu: str | None) -> None:
     """`--gpu 0,1` -> CUDA_VISIBLE_DEVICES, before torch is imported; without it, keep the env."""
     if gpu is None:
         return
+    if not GPU_IDS.fullmatch(gpu):
+        raise MmloraError(f"--gpu {gpu!r}: expected GPU indices separated by commas (e.g. 0 or 0,1) or "
+                          "GPU UUIDs (GPU-..., MIG-...), as `nvidia-smi -L` lists them.")
     if "torch" in sys.modules:
         raise MmloraError("--gpu must be applied before torch is imported (internal ordering bug).")
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
+def check_infer_args(args) -> None:
+    """One-line errors for infer's arguments, before torch is imported (the model family's own
+    minimum image size is checked when its image processor loads: mmlora/families/base.py)."""
+    if len(args.image) > 1:
+        raise MmloraError(f"--image given {len(args.image)} times: infer answers about one image; "
+                          "run it once per image, or use `mmlora eval` on a data file.")
+    args.image = args.image[0]
+    if Path(args.image).is_dir():
+        raise MmloraError(f"--image {args.image} is a directory: give one image file.")
+    if args.max_new_tokens < 1:
+        raise MmloraError(f"--max-new-tokens: got {args.max_new_tokens}, expected 1 or more.")
+    for flag, value in (("--min-pixels", args.min_pixels), ("--max-pixels", args.max_pixels)):
+        if value is not None and value < 1:
+            raise MmloraError(f"{flag}: got {value}, expected a positive number of pixels.")
+    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
+        raise MmloraError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}).")
+
+
 def cmd_infer(args) -> int:
+    check_infer_args(args)
     apply_gpu_selection(args.gpu)
     from mmlora.infer import answer_one
 
@@ -82,7 +114,13 @@ def cmd_recipes(args) -> int:
             dest = dest / source.name
         if dest.exists():
             raise MmloraError(f"{dest} exists; choose another destination or delete it first.")
-        shutil.copyfile(source, dest)
+        if not dest.parent.is_dir():
+            raise MmloraError(f"cannot copy to {dest}: the folder {dest.parent} does not exist; create it "
+                              "first or choose another destination.")
+        try:
+            shutil.copyfile(source, dest)
+        except OSError as err:
+            raise MmloraError(f"cannot copy to {dest}: {err.strerror or err}.") from None
         print(f"copied {source.stem} to {dest}")
         return 0
     if args.action == "show":
@@ -107,6 +145,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    # Checked before the merge module imports peft and torch (seconds): a wrong path fails at once.
+    adapter, out = Path(args.adapter), Path(args.out)
+    if not adapter.is_dir():
+        raise MmloraError(f"--adapter {args.adapter}: no such directory. Give the train.output_dir of a "
+                          "finished `mmlora train` (or one of its checkpoint-N folders).")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MmloraError(f"{out} exists and is not empty; choose another --out or delete it first.")
     from mmlora.merge import merge_adapter
 
     result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
@@ -205,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Answer a prompt about one image with a base model, optionally plus a LoRA adapter."))
     p.add_argument("--model", help="hub id, local dir or tiny id (default: the adapter's base model)")
     p.add_argument("--adapter", help="directory written by `mmlora train`")
-    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--image", required=True, action="append", help="image file (one)")
     p.add_argument("--prompt", required=True, help="question or instruction")
     p.add_argument("--gpu", help="GPU ids to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -303,9 +348,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def collect_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line, accepting `section.key=value` overrides anywhere in it.
+
+    argparse takes positionals only in one run, so an override after an option
+    (`train R --output-dir X a.b=1`) comes back unrecognised: it is moved to the command's
+    overrides here. `--resume` takes an optional value; one that reads as an override is an
+    override, and the resume means `latest`. `args.overrides` is then the full list, in the
+    order typed (the printed resume command repeats it).
+    """
+    from mmlora.overrides import looks_like_override
+
+    args, extra = parser.parse_known_args(argv)
+    target = "items" if getattr(args, "command", None) == "data" else "overrides"
+    if hasattr(args, target):
+        resume = getattr(args, "resume", None)
+        if resume and looks_like_override(resume) and not Path(resume).exists():
+            extra.insert(0, resume)
+            args.resume = "latest"
+        moved = [token for token in extra if looks_like_override(token)]
+        setattr(args, target, list(getattr(args, target) or []) + moved)
+        extra = [token for token in extra if token not in moved]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = collect_overrides(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -103,7 +103,15 @@ def fixed_resolution(image_processor, min_pixels: int, max_pixels: int) -> dict:
 
 
 def pixel_bounds(image_processor, min_pixels: int, max_pixels: int) -> dict:
-    """Qwen-VL: the image keeps its aspect ratio and its area is clamped to [min, max] pixels."""
+    """Qwen-VL: the image keeps its aspect ratio and its area is clamped to [min, max] pixels.
+
+    Below one visual token's area the processor would silently round the image *up* to it (a
+    bound that does not bound): refused, with the smallest value that works.
+    """
+    side = int(getattr(image_processor, "patch_size", 1)) * int(getattr(image_processor, "merge_size", 1))
+    if max_pixels < side * side:
+        raise MmloraError(f"max_pixels={max_pixels} (model.max_pixels / --max-pixels) is below one visual "
+                          f"token of this model ({side}x{side} = {side * side} pixels): use at least {side * side}.")
     return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
 
 
