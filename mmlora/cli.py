@@ -48,8 +48,7 @@ def cmd_train(args) -> int:
 
         print(interrupted_message(result, args.recipe), file=sys.stderr)
         return 128 + result.interrupted_by  # 130 for Ctrl-C, 143 for SIGTERM: stopped, resumable
-    print(f"adapter: {result.output_dir}")
-    return 0
+    return 0  # the training summary (mmlora/console.py) said where the adapter is
 
 
 GPU_IDS = re.compile(r"(\d+|(GPU|MIG)-[\w/-]+)(,(\d+|(GPU|MIG)-[\w/-]+))*")
