@@ -183,11 +183,13 @@ def cmd_eval(args) -> int:
     from mmlora.report import metric_rows
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.vqa_normalization:
+        recipe.eval.vqa_normalization = args.vqa_normalization
     report, out = run_eval(recipe, args.adapter, args.compare_base, args.split, args.limit, args.output_dir)
     labels = [run.label for run in report.runs] + (["difference"] if len(report.runs) > 1 else [])
-    print(f"{'metric (x100)':<16}" + "".join(f"{label:>12}" for label in labels))
+    print(f"{'metric (x100)':<26}" + "".join(f"{label:>12}" for label in labels))
     for row in metric_rows(report):
-        print(f"{row[0]:<16}" + "".join(f"{cell:>12}" for cell in row[1:]))
+        print(f"{row[0]:<26}" + "".join(f"{cell:>12}" for cell in row[1:]))
     print(f"{len(report.items)} samples; wrote predictions.jsonl, metrics.json, report.md, report.html to {out}")
     return 0
 
@@ -198,7 +200,7 @@ def cmd_score(args) -> int:
     from mmlora.metrics.score_file import PredictionFileError, score_predictions_file
 
     try:
-        scores = score_predictions_file(args.predictions, args.task)
+        scores = score_predictions_file(args.predictions, args.task, args.vqa_normalization)
     except PredictionFileError as err:
         raise MmloraError(f"{err}. Each line needs \"prediction\" and \"references\" (or \"answers\" for vqa).") from None
     except OSError as err:
@@ -286,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N samples (default: eval.limit)")
     p.add_argument("--output-dir", help="where the four files go (default: ADAPTER/eval_SPLIT)")
     p.add_argument("--gpu", help="GPU ids to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--vqa-normalization", choices=["always", "official"],
+                   help="VQA accuracy's answer normalisation (default: eval.vqa_normalization, always); "
+                        "official: only when the annotators disagree, as vqaEval.py")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="metrics of a predictions file, as JSON (no model)", description=(
@@ -294,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         "files (predictions.jsonl)."))
     p.add_argument("predictions", help="JSONL file of predictions")
     p.add_argument("--task", required=True, choices=["vqa", "caption"], help="which metrics to compute")
+    p.add_argument("--vqa-normalization", choices=["always", "official"], default="always",
+                   help="VQA accuracy's answer normalisation: always (default: prediction and every answer) "
+                        "or official (only when the annotators disagree, as vqaEval.py); named in the output")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("data", help="check a recipe's datasets, or preview samples as the model sees them",

@@ -271,6 +271,10 @@ class EvalConfig:
         "vqa_accuracy, exact_match, anls; caption: bleu_1..bleu_4, rouge_l, cider_d). "
         "None: keep only the final adapter.", None
     )
+    vqa_normalization: Literal["always", "official"] = _doc(
+        "VQA accuracy's answer normalisation: always (prediction and every answer) or official "
+        "(as vqaEval.py: only when the annotators' answers disagree). Reports name the rule.", "always"
+    )
     report_examples: int = _doc(
         "report.md lists up to this many samples where base and fine-tuned answers differ.", 20
     )

@@ -61,8 +61,13 @@ class QuietProgress(ProgressCallback):
 class TrainingConsole(TrainerCallback):
     """Readable training output (see the module docstring). `best_metric`: eval.best_metric."""
 
-    def __init__(self, output_dir: str, best_metric: str | None = None, stream=None):
+    def __init__(self, output_dir: str, best_metric: str | None = None, stream=None,
+                 vqa_normalization: str | None = None):
         self.output_dir = output_dir
+        # VQA accuracy is printed with its normalisation rule: vqa_accuracy[official].
+        self.names = {"loss": "eval loss"}
+        if vqa_normalization:
+            self.names["vqa_accuracy"] = f"vqa_accuracy[{vqa_normalization}]"
         self.best_metric = (best_metric or "").removeprefix("eval_") or None
         self.stream = stream
         self.best: dict[str, tuple[float, int]] = {}
@@ -129,9 +134,9 @@ class TrainingConsole(TrainerCallback):
             self._track_best(name, value, step)
         shown = self.best_metric if self.best_metric in metrics else next(iter(metrics))
         value, at = self.best[shown]
-        label = {"loss": "eval loss"}
-        parts = [f"eval  {where}"] + [f"{label.get(k, k)} {_number(v)}" for k, v in metrics.items()]
-        return "  ".join(parts) + f"  (best {label.get(shown, shown)} {_number(value)} at step {at})"
+        name = self.names.get
+        parts = [f"eval  {where}"] + [f"{name(k, k)} {_number(v)}" for k, v in metrics.items()]
+        return "  ".join(parts) + f"  (best {name(shown, shown)} {_number(value)} at step {at})"
 
     def _track_best(self, name: str, value, step: int) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -158,23 +163,26 @@ class TrainingConsole(TrainerCallback):
             lines.append("  ".join(losses))
         for name, (value, at) in self.best.items():
             mark = "  (kept in best/)" if name == self.best_metric else ""
-            lines.append(f"best eval {'loss' if name == 'loss' else name} {_number(value)} at step {at}{mark}")
+            label = "loss" if name == "loss" else self.names.get(name, name)
+            lines.append(f"best eval {label} {_number(value)} at step {at}{mark}")
         if self.final:
             count = self.final.pop("count", None)
             on = f" ({int(count)} samples)" if count else ""
-            lines.append(f"final on data.eval{on}: " + "  ".join(f"{k} {_number(v)}" for k, v in self.final.items()))
+            lines.append(f"final on data.eval{on}: "
+                         + "  ".join(f"{self.names.get(k, k)} {_number(v)}" for k, v in self.final.items()))
         if finished:
             best = f"; best adapter: {self.output_dir}/best" if self.best_metric in self.best else ""
             lines.append(f"adapter: {self.output_dir}{best}")
         return lines
 
 
-def attach_console(trainer, best_metric: str | None = None) -> TrainingConsole:
+def attach_console(trainer, recipe) -> TrainingConsole:
     """Replace the Trainer's dict printing with TrainingConsole (bars stay, on a terminal only:
     pass `disable_tqdm=not progress_bars_wanted()` to TrainingArguments)."""
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgress)
-    console = TrainingConsole(trainer.args.output_dir, best_metric)
+    rule = recipe.eval.vqa_normalization if recipe.task == "vqa" else None
+    console = TrainingConsole(trainer.args.output_dir, recipe.eval.best_metric, vqa_normalization=rule)
     trainer.add_callback(console)
     return console

@@ -226,7 +226,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     if recipe.data.group_by_length:  # mmlora/grouping.py
         trainer.group_lengths = sample_lengths(data.scan, loaded.processor, recipe.data.max_length)
     evaluation.attach(trainer)
-    attach_console(trainer, recipe.eval.best_metric)  # readable log lines and summary (mmlora/console.py)
+    attach_console(trainer, recipe)  # readable log lines and summary (mmlora/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
     interrupt.install()
     try:

@@ -6,6 +6,7 @@ import sys
 
 from transformers import PrinterCallback, ProgressCallback, TrainerState
 
+from mmlora.config import load_recipe
 from mmlora.console import QuietProgress, TrainingConsole, attach_console, progress_bars_wanted
 
 
@@ -48,12 +49,12 @@ def test_eval_lines_carry_the_best_so_far_and_final_metrics_come_last():
 
 
 def test_generation_metrics_track_best_of_the_chosen_metric():
-    lines = feed(TrainingConsole("runs/x", best_metric="vqa_accuracy"), [
+    lines = feed(TrainingConsole("runs/x", best_metric="vqa_accuracy", vqa_normalization="official"), [
         (20, {"eval_vqa_accuracy": 0.3, "eval_exact_match": 0.2, "eval_anls": 0.5}),
         (40, {"eval_vqa_accuracy": 0.2, "eval_exact_match": 0.3, "eval_anls": 0.4}),
     ], total=40)
-    assert lines[1] == ("eval  step 40/40  vqa_accuracy 0.2000  exact_match 0.3000  anls 0.4000  "
-                        "(best vqa_accuracy 0.3000 at step 20)")
+    assert lines[1] == ("eval  step 40/40  vqa_accuracy[official] 0.2000  exact_match 0.3000  anls 0.4000  "
+                        "(best vqa_accuracy[official] 0.3000 at step 20)")
     assert "best eval exact_match 0.3000 at step 40" in lines
 
 
@@ -77,7 +78,7 @@ def test_attach_console_replaces_the_trainers_dict_printing(tiny, tmp_path):
     for disable_tqdm, bar in ((True, None), (False, QuietProgress)):
         args = TrainingArguments(output_dir=str(tmp_path), disable_tqdm=disable_tqdm, report_to=[], use_cpu=True)
         trainer = Trainer(model=tiny.model, args=args)
-        attach_console(trainer)
+        attach_console(trainer, load_recipe("tiny_vqa"))
         kinds = [type(cb) for cb in trainer.callback_handler.callbacks]
         assert PrinterCallback not in kinds and ProgressCallback not in kinds
         assert TrainingConsole in kinds and (bar is None or bar in kinds)

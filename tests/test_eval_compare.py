@@ -104,7 +104,7 @@ def test_compare_base_writes_all_files_and_fine_tuned_beats_base(evaluated):
     assert tuned["vqa_accuracy"] > base["vqa_accuracy"] + 0.1, (base, tuned)
     assert metrics["difference"]["vqa_accuracy"] == pytest.approx(tuned["vqa_accuracy"] - base["vqa_accuracy"])
     report = (report_dir / "report.md").read_text()
-    row = (f"| VQA accuracy | {100 * base['vqa_accuracy']:.1f} | {100 * tuned['vqa_accuracy']:.1f} | "
+    row = (f"| VQA accuracy (always) | {100 * base['vqa_accuracy']:.1f} | {100 * tuned['vqa_accuracy']:.1f} | "
            f"{100 * (tuned['vqa_accuracy'] - base['vqa_accuracy']):+.1f} |")
     assert row in report
 
@@ -127,7 +127,7 @@ def test_breakdown_by_question_type_and_differing_examples(evaluated):
     assert table["by"] == "question_type"
     assert {row["group"]: row["count"] for row in table["rows"]} == {"background color": 27, "shape color": 27}
     report = (report_dir / "report.md").read_text()
-    assert "## VQA accuracy by question_type" in report
+    assert "## VQA accuracy (always) by question_type" in report
     records = [json.loads(line) for line in (report_dir / "predictions.jsonl").read_text().splitlines()]
     differ = sum(r["prediction"] != r["base_prediction"] for r in records)
     assert f"## Where the two models differ ({differ} of 54 samples" in report
