@@ -117,7 +117,8 @@ def test_predictions_file_rescored_gives_metrics_json(evaluated):
     assert {"image", "question", "references", "prediction", "score", "base_prediction", "question_type"} <= set(records[0])
     tuned = {k: v for k, v in metrics["models"]["fine-tuned"].items() if k != "model"}
     assert score_predictions_file(path, "vqa") == pytest.approx(tuned)
-    base = {k: v for k, v in metrics["models"]["base"].items() if k != "model"}
+    base = {k: v for k, v in metrics["models"]["base"].items() if k not in ("model", "vqa_normalization")}
+    assert metrics["models"]["base"]["vqa_normalization"] == metrics["vqa_normalization"] == "always"
     assert vqa_scores([r["base_prediction"] for r in records], [r["references"] for r in records]) == pytest.approx(base)
 
 
