@@ -125,8 +125,10 @@ def cmd_merge(args) -> int:
     if not adapter.is_dir():
         raise MmloraError(f"--adapter {args.adapter}: no such directory. Give the train.output_dir of a "
                           "finished `mmlora train` (or one of its checkpoint-N folders).")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MmloraError(f"{out} exists and is not an empty folder; choose another --out or delete it first.")
+    if out.exists() and not out.is_dir():
+        raise MmloraError(f"--out {out} is a file; give a new or empty directory.")
+    if out.is_dir() and any(out.iterdir()):
+        raise MmloraError(f"{out} exists and is not empty; choose another --out or delete it first.")
     from mmlora.merge import merge_adapter
 
     result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
