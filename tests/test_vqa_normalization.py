@@ -119,3 +119,18 @@ def test_reports_label_vqa_accuracy_with_its_rule(tmp_path):
     assert metrics["models"][FINE_TUNED]["vqa_normalization"] == "official"
     assert "| VQA accuracy (official) |" in (tmp_path / "report.md").read_text()
     assert "VQA accuracy (official)" in (tmp_path / "report.html").read_text()
+
+
+def test_eval_command_takes_the_flag_and_labels_its_numbers(tmp_path):
+    # The numbers themselves are checked above (score_task is what eval scores with); the tiny
+    # model's answers are random, so here only the flag's path to the outputs is checked.
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "-m", "mmlora", "eval", "tiny_vqa", "--limit", "4", "--output-dir", str(out),
+         f"train.output_dir={tmp_path / 'none'}", "--vqa-normalization", "official"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("VQA accuracy (official)") for line in result.stdout.splitlines()), result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["vqa_normalization"] == metrics["models"]["base"]["vqa_normalization"] == "official"
