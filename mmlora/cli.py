@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from mmlora.cli_checks import check_gpu_ids, check_infer_args, collect_overrides
 from mmlora.errors import MmloraError
 
 EPILOG = """examples:
@@ -31,31 +32,37 @@ EPILOG = """examples:
 
 def cmd_train(args) -> int:
     from mmlora.config import load_recipe
-    from mmlora.train import train
+    from mmlora.preflight import check_before_training
 
+    # Recipe, overrides and installed packages are checked before torch is imported: a typo
+    # fails in a fraction of a second, not after the seconds torch and transformers take.
     recipe = load_recipe(args.recipe, args.overrides)
     if args.output_dir:
         recipe.train.output_dir = args.output_dir
+    check_before_training(recipe)
+    from mmlora.train import train
+
     result = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted_by is not None:
         from mmlora.train import interrupted_message
 
         print(interrupted_message(result, args.recipe, args.overrides), file=sys.stderr)
         return 128 + result.interrupted_by  # 130 for Ctrl-C, 143 for SIGTERM: stopped, resumable
-    print(f"adapter: {result.output_dir}")
-    return 0
+    return 0  # the training summary (mmlora/console.py) said where the adapter is
 
 
 def apply_gpu_selection(gpu: str | None) -> None:
     """`--gpu 0,1` -> CUDA_VISIBLE_DEVICES, before torch is imported; without it, keep the env."""
     if gpu is None:
         return
+    check_gpu_ids(gpu)
     if "torch" in sys.modules:
         raise MmloraError("--gpu must be applied before torch is imported (internal ordering bug).")
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def cmd_infer(args) -> int:
+    check_infer_args(args)
     apply_gpu_selection(args.gpu)
     from mmlora.infer import answer_one
 
@@ -82,7 +89,13 @@ def cmd_recipes(args) -> int:
             dest = dest / source.name
         if dest.exists():
             raise MmloraError(f"{dest} exists; choose another destination or delete it first.")
-        shutil.copyfile(source, dest)
+        if not dest.parent.is_dir():
+            raise MmloraError(f"cannot copy to {dest}: the folder {dest.parent} does not exist; create it "
+                              "first or choose another destination.")
+        try:
+            shutil.copyfile(source, dest)
+        except OSError as err:
+            raise MmloraError(f"cannot copy to {dest}: {err.strerror or err}.") from None
         print(f"copied {source.stem} to {dest}")
         return 0
     if args.action == "show":
@@ -107,6 +120,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    # Checked before the merge module imports peft and torch (seconds): a wrong path fails at once.
+    adapter, out = Path(args.adapter), Path(args.out)
+    if not adapter.is_dir():
+        raise MmloraError(f"--adapter {args.adapter}: no such directory. Give the train.output_dir of a "
+                          "finished `mmlora train` (or one of its checkpoint-N folders).")
+    if out.exists() and not out.is_dir():
+        raise MmloraError(f"--out {out} is a file; give a new or empty directory.")
+    if out.is_dir() and any(out.iterdir()):
+        raise MmloraError(f"{out} exists and is not empty; choose another --out or delete it first.")
     from mmlora.merge import merge_adapter
 
     result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
@@ -136,17 +158,18 @@ def cmd_eval(args) -> int:
     apply_gpu_selection(args.gpu)
     from mmlora.config import load_recipe
     from mmlora.evaluation import run_eval
+    from mmlora.processor_files import recipe_sets_bounds
     from mmlora.report import metric_rows
 
-    from mmlora.processor_files import recipe_sets_bounds
-
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.vqa_normalization:
+        recipe.eval.vqa_normalization = args.vqa_normalization
     report, out = run_eval(recipe, args.adapter, args.compare_base, args.split, args.limit, args.output_dir,
                            recipe_sets_bounds=recipe_sets_bounds(args.recipe, args.overrides))
     labels = [run.label for run in report.runs] + (["difference"] if len(report.runs) > 1 else [])
-    print(f"{'metric (x100)':<16}" + "".join(f"{label:>12}" for label in labels))
+    print(f"{'metric (x100)':<26}" + "".join(f"{label:>12}" for label in labels))
     for row in metric_rows(report):
-        print(f"{row[0]:<16}" + "".join(f"{cell:>12}" for cell in row[1:]))
+        print(f"{row[0]:<26}" + "".join(f"{cell:>12}" for cell in row[1:]))
     print(f"{len(report.items)} samples; wrote predictions.jsonl, metrics.json, report.md, report.html to {out}")
     return 0
 
@@ -157,7 +180,7 @@ def cmd_score(args) -> int:
     from mmlora.metrics.score_file import PredictionFileError, score_predictions_file
 
     try:
-        scores = score_predictions_file(args.predictions, args.task)
+        scores = score_predictions_file(args.predictions, args.task, args.vqa_normalization)
     except PredictionFileError as err:
         raise MmloraError(f"{err}. Each line needs \"prediction\" and \"references\" (or \"answers\" for vqa).") from None
     except OSError as err:
@@ -208,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Answer a prompt about one image with a base model, optionally plus a LoRA adapter."))
     p.add_argument("--model", help="hub id, local dir or tiny id (default: the adapter's base model)")
     p.add_argument("--adapter", help="directory written by `mmlora train`")
-    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--image", required=True, action="append", help="image file (one)")
     p.add_argument("--prompt", required=True, help="question or instruction")
     p.add_argument("--gpu", help="GPU ids to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -247,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N samples (default: eval.limit)")
     p.add_argument("--output-dir", help="where the four files go (default: ADAPTER/eval_SPLIT)")
     p.add_argument("--gpu", help="GPU ids to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--vqa-normalization", choices=["always", "official"],
+                   help="VQA accuracy's answer normalisation (default: eval.vqa_normalization, always); "
+                        "official: only when the annotators disagree, as vqaEval.py")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="metrics of a predictions file, as JSON (no model)", description=(
@@ -255,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "files (predictions.jsonl)."))
     p.add_argument("predictions", help="JSONL file of predictions")
     p.add_argument("--task", required=True, choices=["vqa", "caption"], help="which metrics to compute")
+    p.add_argument("--vqa-normalization", choices=["always", "official"], default="always",
+                   help="VQA accuracy's answer normalisation: always (default: prediction and every answer) "
+                        "or official (only when the annotators disagree, as vqaEval.py); named in the output")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("data", help="check a recipe's datasets, or preview samples as the model sees them",
@@ -310,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = collect_overrides(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -8,7 +8,6 @@ when the recipe is loaded, long before any weights are.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -272,6 +271,10 @@ class EvalConfig:
         "vqa_accuracy, exact_match, anls; caption: bleu_1..bleu_4, rouge_l, cider_d). "
         "None: keep only the final adapter.", None
     )
+    vqa_normalization: Literal["always", "official"] = _doc(
+        "VQA accuracy's answer normalisation: always (prediction and every answer) or official "
+        "(as vqaEval.py: only when the annotators' answers disagree). Reports name the rule.", "always"
+    )
     report_examples: int = _doc(
         "report.md lists up to this many samples where base and fine-tuned answers differ.", 20
     )
@@ -296,11 +299,6 @@ class Recipe:
 
 # ---------------------------------------------------------------------------------------------
 # Building dataclasses from untyped YAML, with errors that name the field.
-
-
-def _closest(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
 
 
 def _describe(tp: Any) -> str:
@@ -371,13 +369,18 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise MmloraError(f"Unknown recipe key '{path}'.{_closest(str(key), names)}")
+            from mmlora.overrides import unknown_key_hint  # full dotted keys, across sections
+
+            raise MmloraError(f"Unknown recipe key '{path}'.{unknown_key_hint(path)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value or {}, path)
         else:
             kwargs[key] = _coerce(value, tp, path)
     return cls(**kwargs)
+
+
+coerce_field, build_section = _coerce, _build  # public names for mmlora.overrides
 
 
 def _validate(recipe: Recipe) -> None:
@@ -487,6 +490,8 @@ def _validate_eval(recipe: Recipe) -> None:
 
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `section.key=value` override to raw recipe data (value parsed as YAML)."""
+    from mmlora.overrides import parse_value
+
     if "=" not in assignment:
         raise MmloraError(f"Override '{assignment}' is not of the form key=value (e.g. train.epochs=3).")
     dotted, raw_value = assignment.split("=", 1)
@@ -497,19 +502,24 @@ def apply_override(data: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise MmloraError(f"Override '{assignment}': '{key}' is not a section.")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    node[keys[-1]] = parse_value(assignment, raw_value)
 
 
 def recipe_from_dict(data: dict, overrides: list[str] = (), source: str = "recipe") -> Recipe:
     """Build and validate a Recipe from raw data plus `key=value` overrides."""
+    from mmlora.overrides import check_override, overrides_named_in
+
     data = dict(data or {})
     for assignment in overrides:
+        check_override(assignment)  # a bad override is named as typed, not as the recipe file
         apply_override(data, assignment)
     try:
         recipe = _build(Recipe, data, "")
         _validate(recipe)
     except MmloraError as err:
-        raise MmloraError(f"{source}: {err}") from None
+        named = overrides_named_in(str(err), list(overrides))
+        where = f"{source} with override {', '.join(named)}" if named else source
+        raise MmloraError(f"{where}: {err}") from None
     return recipe
 
 

@@ -111,7 +111,7 @@ def scan_split(source, cfg, processor, name: str = "train", expand_captions: boo
     scan = SplitScan(name, str(source), cfg.max_length)
     count_tokens, inspect = VisualTokenCounter(processor), ImageChecker(decode=cfg.image_check == "decode")
     rows = iter_samples(source, cfg, expand_captions)
-    for result in tqdm(rows, desc=f"checking {name} data", unit=" rows", disable=not progress):
+    for result in tqdm(rows, desc=f"checking {name} data", unit=" rows", disable=None if progress else True):  # None: no bar off a terminal
         scan.rows += 1
         if result.problem is None:
             try:

@@ -64,6 +64,8 @@ class EvalReport:
     runs: list[ModelRun]
     """Base first, then fine-tuned (either may be absent)."""
     adapter: str | None = None
+    vqa_normalization: str = "always"
+    """The VQA-accuracy rule the runs were scored with (eval.vqa_normalization)."""
 
     @property
     def primary(self) -> str:
@@ -149,13 +151,19 @@ def breakdowns(report: EvalReport) -> list[dict]:
     return result
 
 
+def _rule(report: EvalReport) -> dict:
+    """The VQA-accuracy rule, next to every VQA number in metrics.json."""
+    return {"vqa_normalization": report.vqa_normalization} if report.task == "vqa" else {}
+
+
 def metrics_summary(report: EvalReport) -> dict:
     """What metrics.json holds."""
     summary = {
         "task": report.task, "split": report.split, "data": report.data_file,
         "count": len(report.items), "adapter": report.adapter, "primary_metric": report.primary,
-        "models": {run.label: {"model": run.model, **run.scores.metrics} for run in report.runs},
+        "models": {run.label: {"model": run.model, **run.scores.metrics, **_rule(report)} for run in report.runs},
     }
+    summary.update(_rule(report))
     base, tuned = report.run(BASE), report.run(FINE_TUNED)
     if base and tuned:
         summary["difference"] = {
@@ -261,7 +269,8 @@ def generate_run(label: str, name: str, model, processor, samples: list[Sample],
     torch.manual_seed(recipe.train.seed)  # only matters with eval.do_sample
     predictions = generate_answers(model, processor, samples, recipe.eval.batch_size, progress=True,
                                    settings=generation_settings(recipe.eval), desc=f"generating ({label})")
-    return ModelRun(label, name, predictions, score_task(recipe.task, predictions, references))
+    scores = score_task(recipe.task, predictions, references, recipe.eval.vqa_normalization)
+    return ModelRun(label, name, predictions, scores)
 
 
 def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = False, split: str = "eval",
@@ -307,7 +316,8 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
         # Merged into the base weights (base predictions are done): generation at base speed.
         tuned = load_adapter(loaded.model, adapter_dir).merge_and_unload()
         runs.append(generate_run(FINE_TUNED, str(adapter_dir), tuned, loaded.processor, samples, recipe, references))
-    report = EvalReport(recipe.task, split, str(data_file), items, runs, str(adapter_dir) if adapter_dir else None)
+    report = EvalReport(recipe.task, split, str(data_file), items, runs, str(adapter_dir) if adapter_dir else None,
+                        recipe.eval.vqa_normalization)
     write_outputs(report, out, recipe)
     return report, out
 

@@ -58,7 +58,7 @@ def generate_answers(
     answers = []
     batches = range(0, len(samples), batch_size)
     model.eval()
-    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+    for start in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True):  # None: no bar off a terminal
         batch = generation_batch(processor, samples[start: start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.inference_mode():

@@ -23,11 +23,21 @@ METRIC_NAMES = {
 }
 SCALE_NOTE = (
     "Scores are x100, as papers print them. VQA accuracy: the official VQA evaluation "
-    "(min(#humans who gave the answer / 3, 1), averaged over leave-one-out subsets, after the "
-    "official answer normalisation); exact match: after the same normalisation; ANLS: ST-VQA/DocVQA. "
+    "(min(#humans who gave the answer / 3, 1), averaged over leave-one-out subsets), with the answer "
+    "normalisation (punctuation, articles, number words, contractions) applied as its label says: "
+    "'always' to the prediction and every answer, 'official' only when the annotators disagree, as "
+    "vqaEval.py does. Exact match: normalised prediction equals any normalised reference; ANLS: "
+    "ST-VQA/DocVQA (best over references). "
     "BLEU, ROUGE-L, CIDEr-D: as the COCO caption evaluation computes them (METEOR and SPICE need "
     "Java and are not computed)."
 )
+
+
+def metric_label(report: EvalReport, name: str) -> str:
+    """`VQA accuracy (official)`: the VQA-accuracy number always carries its normalisation rule."""
+    if name == "vqa_accuracy":
+        return f"{METRIC_NAMES[name]} ({report.vqa_normalization})"
+    return METRIC_NAMES[name]
 THUMBNAIL_PX = 192
 
 
@@ -53,7 +63,7 @@ def metric_rows(report: EvalReport) -> list[list[str]]:
     base, tuned = report.run(BASE), report.run(FINE_TUNED)
     rows = []
     for name in TASK_METRICS[report.task]:
-        row = [METRIC_NAMES[name]] + [_pct(run.scores.metrics[name]) for run in report.runs]
+        row = [metric_label(report, name)] + [_pct(run.scores.metrics[name]) for run in report.runs]
         if base and tuned:
             row.append(_diff(tuned.scores.metrics[name] - base.scores.metrics[name]))
         rows.append(row)
@@ -102,7 +112,7 @@ def write_markdown(report: EvalReport, path: Path, max_examples: int = 20) -> No
     """report.md: metric table (models side by side + difference), breakdowns, examples."""
     lines = [f"# {_title(report)}", ""] + [f"- {s}" for s in _sources(report)] + ["", "## Metrics", ""]
     lines += _md_table(_headers(report, "metric"), metric_rows(report)) + ["", SCALE_NOTE, ""]
-    metric = METRIC_NAMES[report.primary]
+    metric = metric_label(report, report.primary)
     for table in breakdowns(report):
         lines += [f"## {metric} by {table['by']}", ""]
         headers = [table["by"], "samples"] + _headers(report, "")[1:]
@@ -166,7 +176,7 @@ def _card(report: EvalReport, k: int, thumbnails: dict[str, str | None]) -> str:
     uri = thumbnails[key]
     picture = (f'<img class="thumb" src="{uri}" alt="{html.escape(Path(item.image).name)}">' if uri
                else '<div class="thumb missing">image unavailable</div>')
-    answers, metric = [], METRIC_NAMES[report.primary]
+    answers, metric = [], metric_label(report, report.primary)
     for run in report.runs:
         verdict = "ok" if run.scores.correct[k] else "wrong"
         answers.append(
@@ -235,7 +245,7 @@ def write_html(report: EvalReport, path: Path, max_cards: int = 500, loss_png: P
              "<h2>Metrics</h2>", _html_table(_headers(report, "metric"), metric_rows(report)),
              f'<p class="note">{html.escape(SCALE_NOTE)}</p>']
     for table in breakdowns(report):
-        parts.append(f"<h2>{html.escape(METRIC_NAMES[report.primary])} by {html.escape(table['by'])}</h2>")
+        parts.append(f"<h2>{html.escape(metric_label(report, report.primary))} by {html.escape(table['by'])}</h2>")
         parts.append(_html_table([table["by"], "samples"] + _headers(report, "")[1:], _breakdown_rows(report, table)))
     if loss_png is not None:
         data = base64.b64encode(Path(loss_png).read_bytes()).decode("ascii")

@@ -25,6 +25,7 @@ from mmlora.checkpoints import (
 )
 from mmlora.collate import encode_for_training, generation_batch
 from mmlora.config import Recipe, save_recipe
+from mmlora.console import attach_console, progress_bars_wanted
 from mmlora.data import Sample
 from mmlora.datascan import prepare_training_data
 from mmlora.errors import MmloraError
@@ -42,6 +43,7 @@ from mmlora.lora import (
 from mmlora.ranks import is_main_process, world_size
 from mmlora.modeling import LoadedModel, load_model_and_processor, set_attn_implementation
 from mmlora.packing import dataloader_workers, training_collator
+from mmlora.preflight import check_before_training
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def training_arguments(recipe: Recipe, device: str):
         save_total_limit=t.save_total_limit,
         # On a CPU-only run this also makes torchrun/accelerate multi-process runs use gloo DDP.
         use_cpu=device == "cpu",
-        disable_tqdm=False,
+        disable_tqdm=not progress_bars_wanted(),  # bars on a terminal only (mmlora/console.py)
         **evaluation_arguments(recipe),  # eval loss interval, report_to (mmlora/train_eval.py)
     )
 
@@ -179,6 +181,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     """
     import torch
 
+    check_before_training(recipe)  # report_to packages, QLoRA: before any data or weights (preflight.py)
     out_dir = Path(recipe.train.output_dir)
     checkpoint = None
     if is_main_process():
@@ -232,6 +235,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     if recipe.data.group_by_length:  # mmlora/grouping.py
         trainer.group_lengths = sample_lengths(data.scan, loaded.processor, recipe.data.max_length)
     evaluation.attach(trainer)
+    attach_console(trainer, recipe)  # readable log lines and summary (mmlora/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
     interrupt.install()
     try:

@@ -194,7 +194,8 @@ class TrainingEvaluation(TrainerCallback):
 
     def _log_subset(self, predictions, subset, args, state, model) -> None:
         """Log `eval_<metric>` of the subset and consider it for the best adapter."""
-        scores = score_task(self.recipe.task, predictions, [s.references for s in subset])
+        scores = score_task(self.recipe.task, predictions, [s.references for s in subset],
+                            self.recipe.eval.vqa_normalization)
         entry = {name: value for name, value in scores.metrics.items() if name != "count"}
         self._record({"step": state.global_step, **entry, "count": len(subset)}, args)
         self._log({f"eval_{k}": v for k, v in entry.items()})
@@ -210,14 +211,16 @@ class TrainingEvaluation(TrainerCallback):
         samples = self.generated
         predictions = self._generate(model, samples)
         items = eval_items(samples)
-        scores = score_task(self.recipe.task, predictions, [i.references for i in items])
+        scores = score_task(self.recipe.task, predictions, [i.references for i in items],
+                            self.recipe.eval.vqa_normalization)
         self.final = {"step": state.global_step, **scores.metrics}
         self._log({f"final_{k}": v for k, v in scores.metrics.items() if k != "count"})
         if self.recipe.eval.generate_steps:  # the periodic curve's last point: same subset
             k = self.recipe.eval.generate_subset
             self._log_subset(predictions[:k], samples[:k], args, state, model)
         report = EvalReport(self.recipe.task, "eval", self.recipe.data.eval, items,
-                            [ModelRun(FINE_TUNED, args.output_dir, predictions, scores)])
+                            [ModelRun(FINE_TUNED, args.output_dir, predictions, scores)],
+                            vqa_normalization=self.recipe.eval.vqa_normalization)
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "eval_predictions.jsonl", prediction_records(report))
@@ -268,4 +271,6 @@ class TrainingEvaluation(TrainerCallback):
         out.mkdir(parents=True, exist_ok=True)
         summary = {"task": self.recipe.task, "data": self.recipe.data.eval, "final": self.final,
                    "best": self.best, "history": self.history}
+        if self.recipe.task == "vqa":  # the rule behind every vqa_accuracy above
+            summary["vqa_normalization"] = self.recipe.eval.vqa_normalization
         (out / "eval_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

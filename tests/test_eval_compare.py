@@ -104,7 +104,7 @@ def test_compare_base_writes_all_files_and_fine_tuned_beats_base(evaluated):
     assert tuned["vqa_accuracy"] > base["vqa_accuracy"] + 0.1, (base, tuned)
     assert metrics["difference"]["vqa_accuracy"] == pytest.approx(tuned["vqa_accuracy"] - base["vqa_accuracy"])
     report = (report_dir / "report.md").read_text()
-    row = (f"| VQA accuracy | {100 * base['vqa_accuracy']:.1f} | {100 * tuned['vqa_accuracy']:.1f} | "
+    row = (f"| VQA accuracy (always) | {100 * base['vqa_accuracy']:.1f} | {100 * tuned['vqa_accuracy']:.1f} | "
            f"{100 * (tuned['vqa_accuracy'] - base['vqa_accuracy']):+.1f} |")
     assert row in report
 
@@ -117,7 +117,8 @@ def test_predictions_file_rescored_gives_metrics_json(evaluated):
     assert {"image", "question", "references", "prediction", "score", "base_prediction", "question_type"} <= set(records[0])
     tuned = {k: v for k, v in metrics["models"]["fine-tuned"].items() if k != "model"}
     assert score_predictions_file(path, "vqa") == pytest.approx(tuned)
-    base = {k: v for k, v in metrics["models"]["base"].items() if k != "model"}
+    base = {k: v for k, v in metrics["models"]["base"].items() if k not in ("model", "vqa_normalization")}
+    assert metrics["models"]["base"]["vqa_normalization"] == metrics["vqa_normalization"] == "always"
     assert vqa_scores([r["base_prediction"] for r in records], [r["references"] for r in records]) == pytest.approx(base)
 
 
@@ -127,7 +128,7 @@ def test_breakdown_by_question_type_and_differing_examples(evaluated):
     assert table["by"] == "question_type"
     assert {row["group"]: row["count"] for row in table["rows"]} == {"background color": 27, "shape color": 27}
     report = (report_dir / "report.md").read_text()
-    assert "## VQA accuracy by question_type" in report
+    assert "## VQA accuracy (always) by question_type" in report
     records = [json.loads(line) for line in (report_dir / "predictions.jsonl").read_text().splitlines()]
     differ = sum(r["prediction"] != r["base_prediction"] for r in records)
     assert f"## Where the two models differ ({differ} of 54 samples" in report

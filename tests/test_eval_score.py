@@ -35,6 +35,7 @@ def test_score_vqa_example_prints_the_hand_worked_metrics():
         "exact_match": 5 / 6,
         "anls": (0.75 + 1 + (1 - 2 / 9) + 0.9 + 0 + 0) / 6,
         "count": 6,
+        "vqa_normalization": "always",
     }, abs=1e-12)
 
 

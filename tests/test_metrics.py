@@ -345,7 +345,7 @@ def test_score_file_vqa(tmp_path):
     scores = score_predictions_file(path, "vqa")
     # ANLS: "two" vs "2" -> 0, "cat" vs "dog" -> 0, "yes" vs "yes" -> 1.
     assert scores == pytest.approx(
-        {"vqa_accuracy": 2 / 3, "exact_match": 2 / 3, "anls": 1 / 3, "count": 3}
+        {"vqa_accuracy": 2 / 3, "exact_match": 2 / 3, "anls": 1 / 3, "count": 3, "vqa_normalization": "always"}
     )
 
 

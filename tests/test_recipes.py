@@ -47,7 +47,7 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
 
 
 def test_unknown_key_names_key_and_suggestion():
-    with pytest.raises(MmloraError, match=r"train\.epoch'.*Did you mean 'epochs'"):
+    with pytest.raises(MmloraError, match=r"train\.epoch'.*Did you mean 'train\.epochs'"):
         recipe_from_dict({"data": {"train": "x"}, "train": {"epoch": 3}})
     with pytest.raises(MmloraError, match=r"'lora_r'"):
         recipe_from_dict({"data": {"train": "x"}, "lora_r": 3})

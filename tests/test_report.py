@@ -60,7 +60,7 @@ def test_markdown_report_tables(report, tmp_path):
     path = tmp_path / "report.md"
     write_markdown(report, path, max_examples=3)
     text = path.read_text()
-    assert "| VQA accuracy | 0.0 | 50.0 | +50.0 |" in text
+    assert "| VQA accuracy (always) | 0.0 | 50.0 | +50.0 |" in text
     assert "| exact match | 0.0 | 50.0 | +50.0 |" in text
     # The demo rows carry question_type; all eight are "shape color" (one group: no breakdown
     # by it), so the report falls back to the question text, also a single group -> none.

@@ -111,7 +111,13 @@ def pixel_bounds(image_processor, min_pixels: int, max_pixels: int) -> dict:
     Both spellings are given: published Qwen2/2.5-VL files carry top-level `min_pixels` /
     `max_pixels`, which the image processor applies over `size` when it is built, so a `size`
     alone would lose to the checkpoint's bounds (12845056 px: 16k visual tokens for a photo).
+    Below one visual token's area the processor would silently round the image *up* to it (a
+    bound that does not bound): refused, with the smallest value that works.
     """
+    side = int(getattr(image_processor, "patch_size", 1)) * int(getattr(image_processor, "merge_size", 1))
+    if max_pixels < side * side:
+        raise MmloraError(f"max_pixels={max_pixels} (model.max_pixels / --max-pixels) is below one visual "
+                          f"token of this model ({side}x{side} = {side * side} pixels): use at least {side * side}.")
     return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
             "min_pixels": min_pixels, "max_pixels": max_pixels}
 

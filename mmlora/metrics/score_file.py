@@ -88,15 +88,18 @@ def read_predictions_file(
             yield prediction, _reference_list(record[key], task, name, line_no, key)
 
 
-def score_predictions_file(path: str | PathLike[str], task: Task) -> dict[str, float | int]:
+def score_predictions_file(path: str | PathLike[str], task: Task,
+                           vqa_normalization: str = "always") -> dict[str, float | int | str]:
     """Score a JSONL predictions file with the task's metrics.
 
     Args:
         path: the JSONL file (format in the module docstring).
         task: ``"vqa"`` -> :func:`~mmlora.metrics.vqa.vqa_scores` (``vqa_accuracy``,
-            ``exact_match``, ``anls``, ``count``); ``"caption"`` ->
+            ``exact_match``, ``anls``, ``count``, and ``vqa_normalization``: the rule
+            VQA accuracy was computed with); ``"caption"`` ->
             :func:`~mmlora.metrics.caption.caption_scores` (``bleu_1..4``,
             ``rouge_l``, ``cider_d``) plus ``count``.
+        vqa_normalization: ``"always"`` or ``"official"`` (:func:`~mmlora.metrics.vqa.vqa_accuracy`).
 
     Raises:
         PredictionFileError: a bad line (file, line number and field in the message).
@@ -109,7 +112,8 @@ def score_predictions_file(path: str | PathLike[str], task: Task) -> dict[str, f
     predictions = [p for p, _ in records]
     references = [r for _, r in records]
     if task == "vqa":
-        return vqa_scores(predictions, references)
-    scores: dict[str, float | int] = dict(caption_scores(predictions, references))
+        vqa = dict(vqa_scores(predictions, references, normalization=vqa_normalization))
+        return {**vqa, "vqa_normalization": vqa_normalization}
+    scores: dict[str, float | int | str] = dict(caption_scores(predictions, references))
     scores["count"] = len(records)
     return scores

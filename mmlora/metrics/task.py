@@ -22,7 +22,7 @@ from mmlora.metrics.cider import cider_d_per_image
 from mmlora.metrics.tokenize import coco_tokenize
 from mmlora.metrics.vqa import exact_match, vqa_accuracy, vqa_scores
 
-__all__ = ["PRIMARY_METRIC", "TASK_METRICS", "TaskScores", "score_task"]
+__all__ = ["PRIMARY_METRIC", "TASK_METRICS", "TaskScores", "VQA_NORMALIZATIONS", "score_task"]
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_accuracy", "exact_match", "anls"),
@@ -49,14 +49,24 @@ def _caption_key(text: str) -> str:
     return " ".join(coco_tokenize(text))
 
 
-def score_task(task: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> TaskScores:
-    """Corpus metrics, per-sample primary scores and correctness of a set of predictions."""
+VQA_NORMALIZATIONS = ("always", "official")
+"""How VQA accuracy normalises answers (mmlora.metrics.vqa.vqa_accuracy): `always` both sides,
+`official` as vqaEval.py does, only when the annotators' answers disagree."""
+
+
+def score_task(task: str, predictions: Sequence[str], references: Sequence[Sequence[str]],
+               vqa_normalization: str = "always") -> TaskScores:
+    """Corpus metrics, per-sample primary scores and correctness of a set of predictions.
+
+    `vqa_normalization` (vqa only): the VQA-accuracy rule, `always` or `official`; exact match
+    and ANLS have one rule each and ignore it.
+    """
     if task not in TASK_METRICS:
         raise ValueError(f"task must be one of {', '.join(TASK_METRICS)}, got {task!r}")
     predictions, references = list(predictions), [list(r) for r in references]
     if task == "vqa":
-        metrics = dict(vqa_scores(predictions, references))
-        per_sample = [vqa_accuracy(p, r) for p, r in zip(predictions, references)]
+        metrics = dict(vqa_scores(predictions, references, normalization=vqa_normalization))
+        per_sample = [vqa_accuracy(p, r, normalization=vqa_normalization) for p, r in zip(predictions, references)]
         correct = [exact_match(p, r) == 1.0 for p, r in zip(predictions, references)]
         return TaskScores(metrics, per_sample, correct)
     metrics = dict(caption_scores(predictions, references))
