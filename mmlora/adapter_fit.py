@@ -56,6 +56,8 @@ def _adapter_shapes(adapter_dir: Path) -> dict[str, list[int]]:
     from safetensors import safe_open
 
     path = adapter_dir / ADAPTER_WEIGHTS
+    if not path.is_file() and (adapter_dir / "adapter_model.bin").is_file():
+        return _bin_adapter_shapes(adapter_dir / "adapter_model.bin")
     if not path.is_file():
         raise MmloraError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}: not an adapter written by "
                           "`mmlora train` (or PEFT with safetensors).")
@@ -64,6 +66,23 @@ def _adapter_shapes(adapter_dir: Path) -> dict[str, list[int]]:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as err:  # noqa: BLE001 - any unreadable header: say which file
         raise MmloraError(f"{path} is not a readable safetensors file ({err}).") from None
+
+
+def _bin_adapter_shapes(path: Path) -> dict[str, list[int]]:
+    """Shapes from an older PEFT adapter_model.bin: tensors only (weights_only), never pickles."""
+    import pickle
+
+    import torch
+
+    from mmlora.lora import pickled_adapter_error
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        if "weights only load failed" in str(err).lower():
+            raise pickled_adapter_error(path.parent) from None
+        raise MmloraError(f"{path} is not a readable adapter file ({err}).") from None
+    return {key: list(value.shape) for key, value in state.items() if hasattr(value, "shape")}
 
 
 def _expected_shape(name: str, shape: list[int], modules: dict, params: dict) -> list[int] | None:

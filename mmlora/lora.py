@@ -224,12 +224,17 @@ def load_adapter(model, adapter_dir: str | Path):
     except (RuntimeError, pickle.UnpicklingError) as err:
         if "weights only load failed" not in str(err).lower():
             raise
-        raise MmloraError(
-            f"Refusing to load the adapter in '{adapter_dir}': adapter_model.bin holds pickled Python "
-            "objects, not just tensors, and unpickling it could run code. Convert it to "
-            "adapter_model.safetensors with a script you trust (safetensors.torch.save_file), "
-            "then retry."
-        ) from None
+        raise pickled_adapter_error(adapter_dir) from None
+
+
+def pickled_adapter_error(adapter_dir: str | Path) -> MmloraError:
+    """The one-line refusal of an adapter_model.bin that holds more than tensors."""
+    return MmloraError(
+        f"Refusing to load the adapter in '{adapter_dir}': adapter_model.bin holds pickled Python "
+        "objects, not just tensors, and unpickling it could run code. Convert it to "
+        "adapter_model.safetensors with a script you trust (safetensors.torch.save_file), "
+        "then retry."
+    )
 
 
 def _compact(names: list[str]) -> str:

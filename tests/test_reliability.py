@@ -107,8 +107,8 @@ def test_sigterm_to_a_training_process_saves_a_resumable_checkpoint(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoint-0").exists():
         line = proc.stdout.readline()
-        if "'loss'" in line or line.startswith("{"):
-            break  # training has logged a step
+        if line.startswith("step ") and " loss " in line:
+            break  # training has logged a step (mmlora/console.py's line)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
