@@ -38,3 +38,21 @@ def demo_image():
     from mmlora.paths import assets_dir
 
     return assets_dir() / "demo" / "images" / "red_circle_white_112x112.png"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A data folder holding one small image, a.png."""
+    from PIL import Image
+
+    Image.new("RGB", (30, 30), "red").save(tmp_path / "a.png")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def processor():
+    """The tiny Qwen2-VL's data processor (no weights), as `mmlora data check` builds it."""
+    from mmlora.config import ModelConfig
+    from mmlora.datascan import load_data_processor
+
+    return load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=448 * 448))

@@ -6,11 +6,10 @@ import csv
 import json
 
 import pytest
-from PIL import Image
 
-from mmlora.config import DataConfig, ModelConfig
+from mmlora.config import DataConfig
 from mmlora.data import iter_samples, load_samples
-from mmlora.datascan import load_data_processor, scan_split
+from mmlora.datascan import scan_split
 from mmlora.errors import MmloraError
 
 ROWS = [{"image": "a.png", "question": "What color?", "answer": "red"},
@@ -26,16 +25,6 @@ def answers(path, **cfg) -> list:
     return [r.problem.reason if r.problem else r.samples[0].messages[-1]["content"][0]["text"]
             for r in results(path, **cfg)]
 
-
-@pytest.fixture
-def folder(tmp_path):
-    Image.new("RGB", (30, 30), "red").save(tmp_path / "a.png")
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=448 * 448))
 
 
 # -- parsers ---------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import re
 import pytest
 from PIL import Image
 
-from mmlora.config import DataConfig, ModelConfig
+from mmlora.config import DataConfig
 from mmlora.data import iter_samples, load_samples
-from mmlora.datascan import enforce_on_error, load_data_processor, scan_split
+from mmlora.datascan import enforce_on_error, scan_split
 from mmlora.errors import MmloraError
 
 INVISIBLE = ["\u200b", "\u200b\u200d", " \u200c\u2060 ", "\ufeff", "\u3164", "\u2800", "\u200e\u200f", "\u0301"]
@@ -27,16 +27,6 @@ def outcomes(path, **cfg) -> list:
     return [(r.problem.reason, r.problem.detail) if r.problem else r.samples[0].messages[-1]["content"][0]["text"]
             for r in iter_samples(path, DataConfig(train="x", **cfg))]
 
-
-@pytest.fixture
-def folder(tmp_path):
-    Image.new("RGB", (30, 30), "red").save(tmp_path / "a.png")
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=448 * 448))
 
 
 @pytest.mark.parametrize("blank", INVISIBLE)

@@ -13,13 +13,13 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 from mmlora.checkpoints import MARKER, find_checkpoint
 from mmlora.cli import main
 from mmlora.config import load_recipe
 from mmlora.errors import MmloraError
 from mmlora.train import interrupted_message, train
+from test_reliability import SignalAtStep  # tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +32,6 @@ def recipe(out, *extra):
 
 def losses(history):
     return {h["step"]: h["loss"] for h in history if "loss" in h}
-
-
-class SignalAtStep(TrainerCallback):
-    def __init__(self, step, signum=signal.SIGTERM):
-        self.step, self.signum = step, signum
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
 
 
 def mmlora_command(words):
