@@ -199,7 +199,10 @@ def sharegpt_to_messages(row: dict) -> dict:
     turns = row.get("conversations")
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise RowError("bad_row", "field 'conversations' must be a list of {from, value} objects")
-    messages = [{"role": "system", "content": row["system"]}] if isinstance(row.get("system"), str) else []
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):  # a list or number is not a prompt: never drop it silently
+        raise RowError("bad_row", f"field 'system' must be text, got {readable(system)}")
+    messages = [{"role": "system", "content": system}] if system else []
     for i, turn in enumerate(turns):
         role = SHAREGPT_ROLES.get(str(turn.get("from", turn.get("role", ""))).lower())
         if role is None:

@@ -225,3 +225,14 @@ def test_image_paths_no_file_system_accepts_are_row_errors(folder):
     assert found[1][0] == "bad_row" and found[1][1].endswith("is not a valid path (a name in it is too long for "
                                                              "the file system)")
     assert found[2] == "x"
+
+
+def test_a_sharegpt_system_that_is_not_text_is_a_row_error_not_dropped(folder):
+    turns = [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]
+    rows = [{"image": "a.png", "system": ["Be brief."], "conversations": turns},
+            {"image": "a.png", "system": "Be brief.", "conversations": turns}]
+    found = outcomes(write_jsonl(folder / "sys.jsonl", rows))
+    assert found[0] == ("bad_row", 'field \'system\' must be text, got ["Be brief."]')
+    assert found[1] == "A"
+    [sample] = load_samples(write_jsonl(folder / "ok.jsonl", rows[1:]), DataConfig(train="x"))
+    assert sample.messages[0]["role"] == "system"
