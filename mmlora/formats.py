@@ -24,13 +24,10 @@ from mmlora.errors import MmloraError
 from mmlora.jsonrows import describe_wrapper
 from mmlora.rowtext import as_text, check_unicode, field_list, is_blank, readable
 from mmlora.samples import (
-    IMAGE_MARKER, RowError, Sample, assistant_turn, marker_parts, most_common_answer, system_turn, text_part,
+    FIELDS, IMAGE_MARKER, RowError, Sample, assistant_turn, marker_parts, most_common_answer, system_turn, text_part,
     user_turn,
 )
 
-FIELDS = ("image", "images", "caption", "captions", "question", "answer", "answers",
-          "messages", "conversations", "system")
-"""The column names mmlora reads; data.column_map renames other columns onto these."""
 
 JSON_FIELDS = ("images", "captions", "answers", "messages", "conversations")
 """Fields that hold lists; given as JSON text (e.g. a CSV cell) they are decoded."""

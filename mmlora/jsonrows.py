@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from mmlora.errors import MmloraError
 from mmlora.rowtext import field_list
-from mmlora.samples import RowError
+from mmlora.samples import FIELDS, RowError
 from mmlora.textfiles import first_text, read_text, sniff_encoding
 
 Rows = Iterator[tuple[str, Any]]
@@ -64,10 +64,10 @@ def document_rows(path: Path, document) -> Rows:
     if isinstance(document, list):
         return ((f"{path} row {i}", row) for i, row in enumerate(document, start=1))
     if isinstance(document, dict):
-        wrapped = {key: value for key, value in document.items() if isinstance(value, list) and value
-                   and all(isinstance(item, dict) for item in value)}
-        if wrapped:
-            key, rows = next(iter(wrapped.items()))
+        wrapped = object_list_keys(document)
+        # A row's own lists of objects (messages, conversations, VQAv2-style answers) are not a wrapper.
+        if wrapped and not any(key in FIELDS for key in document):
+            key, rows = wrapped[0], document[wrapped[0]]
             raise MmloraError(
                 f"{path}: expected a list of rows (a JSON array, or one object per line), got one JSON object "
                 f"whose key '{key}' holds a list of {len(rows)} objects. Save that list alone, e.g. "
@@ -123,10 +123,15 @@ def _decoded_lines(path: Path):
     return enumerate(read_text(path).split("\n"), start=1)
 
 
+def object_list_keys(row: dict) -> list[str]:
+    """The keys of `row` whose values are non-empty lists of objects (what a wrapper holds)."""
+    return [key for key, value in row.items() if isinstance(value, list) and value
+            and all(isinstance(item, dict) for item in value)]
+
+
 def describe_wrapper(row: dict) -> str:
     """A hint for a row with no known fields that holds a list of objects (a wrapper)."""
-    lists = [key for key, value in row.items() if isinstance(value, list) and value
-             and all(isinstance(item, dict) for item in value)]
+    lists = object_list_keys(row)
     if not lists:
         return ""
     return (f"; field {field_list(lists)} holds a list of objects: a file of rows was expected (one object "

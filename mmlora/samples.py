@@ -36,6 +36,11 @@ REASONS = {
 """Every reason a row can be refused or dropped, with what it means (used in reports)."""
 
 
+FIELDS = ("image", "images", "caption", "captions", "question", "answer", "answers",
+          "messages", "conversations", "system")
+"""The column names mmlora reads; data.column_map renames other columns onto these."""
+
+
 class RowError(MmloraError):
     """One row (or one of its images) cannot be used; `reason` is a key of REASONS."""
 

@@ -236,3 +236,15 @@ def test_a_sharegpt_system_that_is_not_text_is_a_row_error_not_dropped(folder):
     assert found[1] == "A"
     [sample] = load_samples(write_jsonl(folder / "ok.jsonl", rows[1:]), DataConfig(train="x"))
     assert sample.messages[0]["role"] == "system"
+
+
+@pytest.mark.parametrize("name", ["one.json", "one.jsonl"])
+def test_one_row_object_with_lists_of_objects_is_a_row_not_a_wrapper(folder, name):
+    """A row's own lists of objects (messages, VQAv2-style answers) do not make it a wrapper,
+    whether the object is on one line or pretty-printed."""
+    vqa = {"image": "a.png", "question": "Q?", "answers": [{"answer": "red"}, {"answer": "red"}]}
+    chat = {"images": ["a.png"], "messages": [{"role": "user", "content": "Q?"},
+                                              {"role": "assistant", "content": "blue"}]}
+    for row, answer in ((vqa, "red"), (chat, "blue")):
+        (folder / name).write_text(json.dumps(row, indent=2 if name.endswith("l") else None))
+        assert outcomes(folder / name) == [answer]
