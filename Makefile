@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# Test-only extras (torchvision for the real-processor peers), without their dependencies. The demo
-# shares the venv: mmlora treats a torchvision that does not import as absent (one log line).
+# Test-only extras (torchvision for the real-processor peers), without their dependencies, into a
+# folder of the venv that is not on sys.path: this torchvision imports only once
+# tests/torchvision_peer.py has defined its operators, so the venv itself (demo, bench baseline)
+# must not see it.
 $(TEST_STAMP): $(STAMP) requirements-test.txt
-	$(PY) -m pip install -q --no-deps -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/torchvision-peer -r requirements-test.txt
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)

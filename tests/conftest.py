@@ -17,11 +17,6 @@ if os.environ.get("MMLORA_TEST_TORCHVISION") == "1":
 
     if not torchvision_peer.enable():
         raise RuntimeError("MMLORA_TEST_TORCHVISION=1 but torchvision is not installed (make test installs it)")
-else:
-    # `import mmlora` arranges for the test venv's unimportable torchvision to be hidden before
-    # transformers first looks for it (mmlora/torchvision_check.py); test modules that import
-    # transformers before mmlora (test_reliability.py) would otherwise fail when run alone.
-    import mmlora  # noqa: F401
 
 
 @pytest.fixture

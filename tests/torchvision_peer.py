@@ -9,7 +9,8 @@ release for torch 2.13, but its PyPI wheel's compiled ops do not load on the CPU
 first lets the import succeed; the Python image transforms the processors use never call the
 compiled ops (detection ops such as nms would fail if called: no kernel is registered).
 
-Installed with `pip install --no-deps torchvision==0.28.0` (requirements-test.txt, `make test`).
+Installed by `make test` with `pip install --no-deps --target .venv/torchvision-peer -r
+requirements-test.txt` (see `peer_dir`).
 `enable()` must run before anything imports mmlora or transformers: conftest.py calls it when
 MMLORA_TEST_TORCHVISION=1; tests/test_torchvision_peers.py starts such a session.
 """
@@ -17,6 +18,8 @@ MMLORA_TEST_TORCHVISION=1; tests/test_torchvision_peers.py starts such a session
 from __future__ import annotations
 
 import importlib.metadata
+import sys
+from pathlib import Path
 
 # torchvision's operator schemas (torchvision/csrc/ops/*.cpp, TORCH_LIBRARY_FRAGMENT).
 TORCHVISION_OP_SCHEMAS = (
@@ -53,9 +56,18 @@ TORCHVISION_OP_SCHEMAS = (
 _library = None  # kept alive: dropping the Library object would unregister the schemas
 
 
+def peer_dir() -> Path:
+    """Where `make test` installs torchvision: a folder of the venv that is not on sys.path, so
+    the venv itself (the demo, the bench baseline, plain transformers scripts) never sees a
+    torchvision that cannot import."""
+    return Path(sys.prefix) / "torchvision-peer"
+
+
 def installed() -> bool:
-    """torchvision's files are installed (read from its metadata: mmlora hides an unimportable
-    torchvision from find_spec once imported)."""
+    """torchvision's files are installed: in the peer folder, or in the environment itself
+    (read from its metadata: mmlora hides an unimportable torchvision from find_spec)."""
+    if (peer_dir() / "torchvision").is_dir():
+        return True
     try:
         importlib.metadata.version("torchvision")
     except importlib.metadata.PackageNotFoundError:
@@ -79,6 +91,8 @@ def enable() -> bool:
     global _library
     if not installed():
         return False
+    if (peer_dir() / "torchvision").is_dir() and str(peer_dir()) not in sys.path:
+        sys.path.insert(0, str(peer_dir()))
     import torch
 
     if not _ops_defined():
