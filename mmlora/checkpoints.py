@@ -38,6 +38,16 @@ RESUME_MAY_EXTEND = {"train.max_steps", "train.epochs"}
 schedule is then recomputed for the new length (see length_change_note)."""
 
 
+def replace_folder(staged: Path, final: Path, old: Path) -> None:
+    """Put the finished folder `staged` in place of `final` with two renames (`old` holds the
+    previous one in between): at every moment `final` is all old or all new, never a mix."""
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first (by step)."""
     root = Path(output_dir)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmlora.checkpoints import replace_folder
 from mmlora.config import Recipe, load_recipe, save_recipe
 from mmlora.data import Sample, load_samples
 from mmlora.errors import MmloraError
@@ -64,14 +64,9 @@ def staging_dir(out: Path) -> Path:
 
 
 def swap_in(staged: Path, out: Path) -> None:
-    """Replace `out` by `staged` with two renames: at every moment `out` is all old or all new."""
+    """Replace `out` by `staged` (checkpoints.replace_folder: `out` is all old or all new)."""
     out = out.resolve()
-    old = out.with_name(f".{out.name}.demo-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staged, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staged, out, out.with_name(f".{out.name}.demo-old"))
 
 
 def before_and_after(recipe: Recipe) -> DemoResult:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from mmlora.checkpoints import replace_folder
 from mmlora.config import Recipe, save_recipe
 from mmlora.data import load_samples
 from mmlora.errors import MmloraError
@@ -254,11 +254,7 @@ class TrainingEvaluation(TrainerCallback):
         self.processor.save_pretrained(staged)
         save_recipe(self.recipe, staged / "recipe.yaml")
         (staged / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(staged, final, old)
         log.info("new best %s=%.4f at step %d: saved to %s", self.best["metric"], self.best["value"],
                  self.best["step"], final)
 
