@@ -221,7 +221,7 @@ def _parts(content, where: str, inline: list, markers: bool) -> list[dict]:
     for part in raw:
         if not isinstance(part, dict):
             raise RowError("bad_row", f"{where}.content has a part that is not an object: {readable(part)}")
-        kind = part.get("type") or ("image" if "image" in part else "text")
+        kind = _part_kind(part)
         if kind in ("image", "image_url"):
             ref = part.get("image") or part.get("path") or part.get("url") or part.get("image_url")
             if isinstance(ref, dict):
@@ -230,9 +230,7 @@ def _parts(content, where: str, inline: list, markers: bool) -> list[dict]:
                 inline.append(ref)
             parts.append({"type": "image"})
         elif kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RowError("bad_row", f"{where}.content has a text part without text: {part!r}")
+            text = part["text"]  # a string: _plain_text_part refused any other text part
             if markers:
                 parts += marker_parts(text)
             elif text.strip():
@@ -250,9 +248,7 @@ def messages_sample(row: dict, cfg, where: str, field: str = "messages") -> Samp
     raw = [_plain_text_content(message, i) for i, message in enumerate(raw)]
     inline, messages = [], []
     for i, message in enumerate(raw):
-        role = message.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise RowError("bad_row", f"messages[{i}].role is {role!r}, expected system, user or assistant")
+        role = message["role"]  # one of system, user, assistant: _plain_text_content checked it
         parts = _parts(message.get("content"), f"messages[{i}]", inline, markers=role == "user")
         if role == "assistant" and any(p["type"] == "image" for p in parts):
             raise RowError("bad_row", f"messages[{i}] is an assistant turn with an image; images belong in user turns")
@@ -297,8 +293,13 @@ def _plain_text_content(message: dict, index: int) -> dict:
     return {**message, "content": content}
 
 
+def _part_kind(part: dict) -> str:
+    """A content part's type; untyped parts are images when they name one, else text."""
+    return part.get("type") or ("image" if "image" in part else "text")
+
+
 def _plain_text_part(part, where: str):
-    if not isinstance(part, dict) or (part.get("type") or ("image" if "image" in part else "text")) != "text":
+    if not isinstance(part, dict) or _part_kind(part) != "text":
         return part  # images and unknown parts are checked in _parts
     text = as_text(part.get("text"), f"{where}.text")
     if not isinstance(text, str):
