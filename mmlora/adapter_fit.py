@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmlora.errors import MmloraError
+from mmlora.errors import MmloraError, is_pickle_refusal
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -79,7 +79,7 @@ def _bin_adapter_shapes(path: Path) -> dict[str, list[int]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError) as err:
-        if "weights only load failed" in str(err).lower():
+        if is_pickle_refusal(err):
             raise pickled_adapter_error(path.parent) from None
         raise MmloraError(f"{path} is not a readable adapter file ({err}).") from None
     return {key: list(value.shape) for key, value in state.items() if hasattr(value, "shape")}

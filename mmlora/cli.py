@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmlora.cli_checks import check_gpu_ids, check_infer_args, collect_overrides
 from mmlora.errors import MmloraError
+from mmlora.metrics.task import VQA_NORMALIZATIONS
 
 EPILOG = """examples:
   mmlora demo                                   offline tiny-model demo (CPU, ~2 min)
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N samples (default: eval.limit)")
     p.add_argument("--output-dir", help="where the four files go (default: ADAPTER/eval_SPLIT)")
     p.add_argument("--gpu", help="GPU ids to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--vqa-normalization", choices=["always", "official"],
+    p.add_argument("--vqa-normalization", choices=VQA_NORMALIZATIONS,
                    help="VQA accuracy's answer normalisation (default: eval.vqa_normalization, always); "
                         "official: only when the annotators disagree, as vqaEval.py")
     p.set_defaults(func=cmd_eval)
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files (predictions.jsonl)."))
     p.add_argument("predictions", help="JSONL file of predictions")
     p.add_argument("--task", required=True, choices=["vqa", "caption"], help="which metrics to compute")
-    p.add_argument("--vqa-normalization", choices=["always", "official"], default="always",
+    p.add_argument("--vqa-normalization", choices=VQA_NORMALIZATIONS, default="always",
                    help="VQA accuracy's answer normalisation: always (default: prediction and every answer) "
                         "or official (only when the annotators disagree, as vqaEval.py); named in the output")
     p.set_defaults(func=cmd_score)

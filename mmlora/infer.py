@@ -35,13 +35,13 @@ def model_config_for(model: str | None, adapter: str | None, min_pixels, max_pix
         if recipe_path.is_file():
             saved = (yaml.safe_load(recipe_path.read_text()) or {}).get("model", {})
             cfg = ModelConfig(**{k: v for k, v in saved.items() if k in ModelConfig.__dataclass_fields__})
-        elif recorded_bounds(adapter):
-            cfg.min_pixels, cfg.max_pixels = recorded_bounds(adapter)
+        elif bounds := recorded_bounds(adapter):
+            cfg.min_pixels, cfg.max_pixels = bounds
         cfg.name = model or adapter_base_model(Path(adapter))
     elif model:
         cfg.name = model
-        if recorded_bounds(model):
-            cfg.min_pixels, cfg.max_pixels = recorded_bounds(model)
+        if bounds := recorded_bounds(model):
+            cfg.min_pixels, cfg.max_pixels = bounds
     else:
         raise MmloraError("Give --model (hub id, local dir or tiny id) or --adapter DIR.")
     cfg.min_pixels = min_pixels or cfg.min_pixels

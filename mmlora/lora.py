@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlora.config import LoraConfig
-from mmlora.errors import MmloraError
+from mmlora.errors import MmloraError, is_pickle_refusal
 from mmlora.families import Family, find_module, projector_modules
 
 ALL_LINEAR = "all-linear"
@@ -222,7 +222,7 @@ def load_adapter(model, adapter_dir: str | Path):
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir))
     except (RuntimeError, pickle.UnpicklingError) as err:
-        if "weights only load failed" not in str(err).lower():
+        if not is_pickle_refusal(err):
             raise
         raise pickled_adapter_error(adapter_dir) from None
 

@@ -81,7 +81,6 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str | Non
                   base: str | None = None, max_shard_size: str = "4GB") -> MergeResult:
     """Merge `adapter_dir` into its base model (or `base`) and save the result in `out_dir`."""
     from mmlora.infer import load_with_adapter, model_config_for
-    from mmlora.processor_files import read_record, write_record
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -101,7 +100,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str | Non
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     # The trained bounds, template and processor class, as every loader reads them, plus
     # mmlora.json for `mmlora infer --model OUT` (mmlora/processor_files.py).
+    loaded.processor.record = {**(loaded.processor.record or {}), "merged_adapter": str(adapter_dir.resolve())}
     loaded.processor.save_pretrained(out_dir)
-    write_record(out_dir, {**read_record(out_dir), "merged_adapter": str(adapter_dir.resolve())})
     tensors, shards = verify_saved_weights(out_dir, merged)
     return MergeResult(out_dir, merged, cfg.name, cfg.dtype, tensors, shards)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlora.config import ModelConfig
-from mmlora.errors import MmloraError
+from mmlora.errors import MmloraError, is_pickle_refusal
 from mmlora.families import Family, family_for_model_type
 from mmlora.processor import ImageTextProcessor, load_processor
 from mmlora.processor_files import model_record
@@ -192,7 +192,6 @@ def _load_weights(cfg: ModelConfig, source: str, dtype, quantization):
             build_tiny_model(cfg.name, dtype=dtype).save_pretrained(folder)
             model = AutoModelForImageTextToText.from_pretrained(
                 folder, dtype=dtype, quantization_config=quantization, device_map=device_map)
-        model.config._name_or_path = model.name_or_path = cfg.name
         return model
     return AutoModelForImageTextToText.from_pretrained(
         source, dtype=dtype, quantization_config=quantization, device_map=device_map, **_hub_kwargs(cfg))
@@ -215,7 +214,7 @@ def load_model_and_processor(cfg: ModelConfig, device: str | None = None,
     except (OSError, ValueError) as err:
         raise _explain_load_failure(cfg.name, err) from None
     except (RuntimeError, pickle.UnpicklingError) as err:
-        if "weights only load failed" not in str(err).lower():
+        if not is_pickle_refusal(err):
             raise
         # transformers reads .bin/.pt weights with torch.load(weights_only=True): a file that
         # holds pickled objects besides tensors is refused rather than executed.

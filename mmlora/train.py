@@ -8,7 +8,6 @@ and the guards against lost work (guards.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import signal
@@ -206,7 +205,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
         # makes them require grad so gradients reach the LoRA weights inside the blocks.
         model.enable_input_require_grads()
     device = next(model.parameters()).device.type
-    if recipe.train.liger and (device != "cuda" or importlib.util.find_spec("liger_kernel") is None):
+    if recipe.train.liger and device != "cuda":  # liger-kernel itself: check_before_training (preflight.py)
         raise MmloraError("train.liger=true needs a CUDA GPU and the liger-kernel package "
                           "(`pip install liger-kernel`); set train.liger=false otherwise.")
     args = training_arguments(recipe, device)
