@@ -21,9 +21,9 @@ def dry_run(workload: Workload, tmp: Path) -> tuple[str, dict]:
     import torch
 
     from bench.runners import load_bench_processor, mmlora_recipe
-    from mmlora.collate import IGNORE_INDEX, encode_for_training
-    from mmlora.data import load_samples
-    from mmlora.memory import estimate_memory, meta_lora_model, training_flops
+    from mmlora.data.collate import IGNORE_INDEX, encode_for_training
+    from mmlora.data.loading import load_samples
+    from mmlora.models.memory import estimate_memory, meta_lora_model, training_flops
 
     small = dataclasses.replace(workload, samples=2 * workload.batch_size)
     data = write_data(tmp / workload.name, small)

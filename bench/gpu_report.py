@@ -19,7 +19,7 @@ PLANNER_TOLERANCE = 0.15
 """The planner's peak-memory estimate must be within 15% of the measured peak (issue #17)."""
 
 MFU_FORMULA = (
-    "MFU = F / t / P. F: model FLOPs of one training step, `mmlora.memory.training_flops` over the "
+    "MFU = F / t / P. F: model FLOPs of one training step, `mmlora.models.memory.training_flops` over the "
     "step's non-padding tokens T with mean sample length L: 4·T per frozen weight of the language "
     "model's linear layers (forward, and backward to the inputs), 6·T per LoRA weight (plus its "
     "weight gradient), 4·T per lm_head weight, causal attention 3 × 2·T·L·(heads × head_dim) per "

@@ -67,7 +67,7 @@ def estimates(recipe, m: dict, attn: str | None) -> dict:
     seen and the step time at a measured matmul rate."""
     import torch
 
-    from mmlora.memory import estimate_memory, measure_matmul_rate, meta_lora_model, training_flops
+    from mmlora.models.memory import estimate_memory, measure_matmul_rate, meta_lora_model, training_flops
 
     rows, width = m["widest"]
     model, family = meta_lora_model(recipe, torch.bfloat16)

@@ -8,7 +8,7 @@ baseline: what a user writes from the transformers / PEFT / TRL docs for VLM fin
   `dataloader_num_workers` default, 0). Gradient checkpointing, where the workload uses it, is
   the Trainer's (`gradient_checkpointing=True`, non-reentrant), which keeps the vision tower's
   graph through `enable_input_require_grads`.
-mmlora: `mmlora.train.train` with a recipe: answer-only labels, length grouping or packing,
+mmlora: `mmlora.training.train.train` with a recipe: answer-only labels, length grouping or packing,
   frozen vision tower without a graph, images decoded in DataLoader workers.
 
 Image processing for both is mmlora's `ImageTextProcessor`: transformers cannot build
@@ -28,7 +28,7 @@ def build_model(workload: Workload, model_name: str, device: str):
     import torch
 
     if workload.on_cpu:
-        from mmlora.tiny import build_tiny_model
+        from mmlora.models.tiny import build_tiny_model
 
         return build_tiny_model(model_name)
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -41,8 +41,8 @@ def build_model(workload: Workload, model_name: str, device: str):
 
 
 def load_bench_processor(workload: Workload, model_name: str):
-    from mmlora.config import ModelConfig
-    from mmlora.datascan import load_data_processor
+    from mmlora.config.schema import ModelConfig
+    from mmlora.data.scan import load_data_processor
 
     return load_data_processor(ModelConfig(name=model_name, min_pixels=56 * 56, max_pixels=workload.max_pixels))
 
@@ -52,8 +52,8 @@ def run_baseline(workload: Workload, data_path: Path, model_name: str, out_dir: 
     from PIL import Image
     from transformers import Trainer, TrainingArguments
 
-    from mmlora.collate import IGNORE_INDEX, pad_batch
-    from mmlora.processor import stack_vision
+    from mmlora.data.collate import IGNORE_INDEX, pad_batch
+    from mmlora.models.processor import stack_vision
 
     device = "cpu" if workload.on_cpu else "cuda"
     processor = load_bench_processor(workload, model_name)
@@ -92,7 +92,7 @@ def run_baseline(workload: Workload, data_path: Path, model_name: str, out_dir: 
 
 
 def mmlora_recipe(workload: Workload, data_path: Path, model_name: str, out_dir: Path, packing: bool):
-    from mmlora.config import recipe_from_dict
+    from mmlora.config.loading import recipe_from_dict
 
     overrides = [f"{key}={value}" for key, value in workload.mmlora_options.items()]
     return recipe_from_dict({
@@ -111,13 +111,13 @@ def mmlora_recipe(workload: Workload, data_path: Path, model_name: str, out_dir:
 
 
 def run_mmlora(workload: Workload, data_path: Path, model_name: str, out_dir: Path, meter, packing: bool):
-    from mmlora.modeling import LoadedModel, set_attn_implementation
-    from mmlora.train import train
+    from mmlora.models.loading import LoadedModel, set_attn_implementation
+    from mmlora.training.train import train
 
     recipe = mmlora_recipe(workload, data_path, model_name, out_dir, packing)
     loaded = None
     if not workload.on_cpu:  # the 2B architecture with random weights: built, not loaded
-        from mmlora.families import QWEN2_VL
+        from mmlora.models.families import QWEN2_VL
 
         model = build_model(workload, model_name, "cuda")
         set_attn_implementation(model, recipe.train.attn_implementation)

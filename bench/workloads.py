@@ -91,7 +91,7 @@ def write_model_dir(out_dir: Path, workload: Workload) -> str:
     """The model folder the run loads its processor (and, for cpu, the tiny config) from."""
     import shutil
 
-    from mmlora.tiny import tiny_dir
+    from mmlora.models.tiny import tiny_dir
 
     if workload.on_cpu:
         return "tiny/qwen2-vl"

@@ -1,6 +1,6 @@
 """mmlora: LoRA fine-tuning of vision-language models for captioning and VQA."""
 
-from mmlora.torchvision_check import check_before_transformers as _check_before_transformers
+from mmlora.models.torchvision_check import check_before_transformers as _check_before_transformers
 
 __version__ = "0.1.0"
 

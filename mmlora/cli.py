@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mmlora.cli_checks import check_gpu_ids, check_infer_args, collect_overrides
 from mmlora.errors import MmloraError
-from mmlora.metrics.task import VQA_NORMALIZATIONS
+from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
 
 EPILOG = """examples:
   mmlora demo                                   offline tiny-model demo (CPU, ~2 min)
@@ -32,8 +32,8 @@ EPILOG = """examples:
 
 
 def cmd_train(args) -> int:
-    from mmlora.config import load_recipe
-    from mmlora.preflight import check_before_training
+    from mmlora.config.loading import load_recipe
+    from mmlora.training.preflight import check_before_training
 
     # Recipe, overrides and installed packages are checked before torch is imported: a typo
     # fails in a fraction of a second, not after the seconds torch and transformers take.
@@ -41,15 +41,15 @@ def cmd_train(args) -> int:
     if args.output_dir:
         recipe.train.output_dir = args.output_dir
     check_before_training(recipe)
-    from mmlora.train import train
+    from mmlora.training.train import train
 
     result = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted_by is not None:
-        from mmlora.train import interrupted_message
+        from mmlora.training.train import interrupted_message
 
         print(interrupted_message(result, args.recipe, args.overrides), file=sys.stderr)
         return 128 + result.interrupted_by  # 130 for Ctrl-C, 143 for SIGTERM: stopped, resumable
-    return 0  # the training summary (mmlora/console.py) said where the adapter is
+    return 0  # the training summary (mmlora/training/console.py) said where the adapter is
 
 
 def apply_gpu_selection(gpu: str | None) -> None:
@@ -65,7 +65,7 @@ def apply_gpu_selection(gpu: str | None) -> None:
 def cmd_infer(args) -> int:
     check_infer_args(args)
     apply_gpu_selection(args.gpu)
-    from mmlora.infer import answer_one
+    from mmlora.inference.infer import answer_one
 
     print(answer_one(args.model, args.adapter, args.image, args.prompt, args.max_new_tokens,
                      args.min_pixels, args.max_pixels))
@@ -73,8 +73,8 @@ def cmd_infer(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from mmlora.config import load_recipe
-    from mmlora.paths import resolve_recipe_path, shipped_recipes
+    from mmlora.config.loading import load_recipe
+    from mmlora.config.paths import resolve_recipe_path, shipped_recipes
 
     if args.action in (None, "ls"):
         for path in shipped_recipes():
@@ -105,7 +105,7 @@ def cmd_recipes(args) -> int:
         print(resolve_recipe_path(args.name).read_text(), end="")
         return 0
     if args.action == "fields":
-        from mmlora.config import field_docs
+        from mmlora.config.schema import field_docs
 
         for name, help_text, default in field_docs():
             print(f"{name} (default: {default!r})\n    {help_text}")
@@ -130,7 +130,7 @@ def cmd_merge(args) -> int:
         raise MmloraError(f"--out {out} is a file; give a new or empty directory.")
     if out.is_dir() and any(out.iterdir()):
         raise MmloraError(f"{out} exists and is not empty; choose another --out or delete it first.")
-    from mmlora.merge import merge_adapter
+    from mmlora.models.merge import merge_adapter
 
     result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
     print(f"merged {args.adapter} into {result.base} ({result.dtype}): {result.tensors} tensors in "
@@ -139,8 +139,8 @@ def cmd_merge(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from mmlora.config import load_recipe
-    from mmlora.plan import format_plan, make_plan
+    from mmlora.config.loading import load_recipe
+    from mmlora.models.plan import format_plan, make_plan
 
     recipe = load_recipe(args.recipe, args.overrides)
     print(format_plan(make_plan(recipe), recipe))
@@ -148,7 +148,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    from mmlora.modeling import save_tiny_model
+    from mmlora.models.loading import save_tiny_model
 
     out = save_tiny_model(args.model_id, args.out)
     print(f"saved {args.model_id} to {out} (load it with --model {out})")
@@ -157,10 +157,10 @@ def cmd_tiny(args) -> int:
 
 def cmd_eval(args) -> int:
     apply_gpu_selection(args.gpu)
-    from mmlora.config import load_recipe
-    from mmlora.evaluation import run_eval
-    from mmlora.processor_files import recipe_sets_bounds
-    from mmlora.report import metric_rows
+    from mmlora.config.loading import load_recipe
+    from mmlora.evaluation.report import metric_rows
+    from mmlora.evaluation.run import run_eval
+    from mmlora.models.processor_files import recipe_sets_bounds
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.vqa_normalization:
@@ -178,7 +178,7 @@ def cmd_eval(args) -> int:
 def cmd_score(args) -> int:
     import json
 
-    from mmlora.metrics.score_file import PredictionFileError, score_predictions_file
+    from mmlora.evaluation.metrics.score_file import PredictionFileError, score_predictions_file
 
     try:
         scores = score_predictions_file(args.predictions, args.task, args.vqa_normalization)
@@ -193,7 +193,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from mmlora.datacheck import run_data_command
+    from mmlora.data.check import run_data_command
 
     # Positional items: recipes, and section.key=value overrides applied to each of them.
     recipes = [item for item in args.items if "=" not in item]

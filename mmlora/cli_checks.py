@@ -30,7 +30,7 @@ def collect_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -
     override, and the resume means `latest`. `args.overrides` is then the full list, in the
     order typed (the printed resume command repeats it).
     """
-    from mmlora.overrides import looks_like_override
+    from mmlora.config.overrides import looks_like_override
 
     args, extra = parser.parse_known_args(argv)
     target = "items" if getattr(args, "command", None) == "data" else "overrides"
@@ -49,7 +49,7 @@ def collect_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -
 
 def check_infer_args(args) -> None:
     """One-line errors for infer's arguments, before torch is imported (the model family's own
-    minimum image size is checked when its image processor loads: mmlora/families/base.py)."""
+    minimum image size is checked when its image processor loads: mmlora/models/families/base.py)."""
     if len(args.image) > 1:
         raise MmloraError(f"--image given {len(args.image)} times: infer answers about one image; "
                           "run it once per image, or use `mmlora eval` on a data file.")

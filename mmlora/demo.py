@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlora.checkpoints import replace_folder
-from mmlora.config import Recipe, load_recipe, save_recipe
-from mmlora.data import Sample, load_samples
+from mmlora.config.loading import load_recipe, save_recipe
+from mmlora.config.schema import Recipe
+from mmlora.data.loading import load_samples
+from mmlora.data.samples import Sample
 from mmlora.errors import MmloraError
-from mmlora.generate import exact_match_accuracy, generate_answers
+from mmlora.evaluation.generate import exact_match_accuracy, generate_answers
+from mmlora.training.checkpoints import replace_folder
 
 
 @dataclass
@@ -75,8 +77,8 @@ def before_and_after(recipe: Recipe) -> DemoResult:
     The demo is meant to be re-run: it trains into a staging folder next to train.output_dir
     and swaps it in when done, so the output folder never mixes two runs (an old adapter beside
     new metrics), and an interrupted demo leaves the previous output as it was."""
-    from mmlora.modeling import load_model_and_processor
-    from mmlora.train import train
+    from mmlora.models.loading import load_model_and_processor
+    from mmlora.training.train import train
 
     if not recipe.data.eval:
         raise MmloraError("The demo needs data.eval in the recipe to measure before and after.")

@@ -10,10 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The torchvision session (tests/test_torchvision_peers.py starts one): torchvision made
+# The torchvision session (tests/models/test_torchvision_peers.py starts one): torchvision made
 # importable before mmlora or transformers is imported, so both take the torchvision path.
 if os.environ.get("MMLORA_TEST_TORCHVISION") == "1":
-    import torchvision_peer
+    from tests import torchvision_peer
 
     if not torchvision_peer.enable():
         raise RuntimeError("MMLORA_TEST_TORCHVISION=1 but torchvision is not installed (make test installs it)")
@@ -22,15 +22,15 @@ if os.environ.get("MMLORA_TEST_TORCHVISION") == "1":
 @pytest.fixture
 def tiny():
     """A freshly built tiny Qwen2-VL with its processor (fresh: LoRA modifies models in place)."""
-    from mmlora.config import ModelConfig
-    from mmlora.modeling import load_model_and_processor
+    from mmlora.config.schema import ModelConfig
+    from mmlora.models.loading import load_model_and_processor
 
     return load_model_and_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=224 * 224), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def demo_image():
-    from mmlora.paths import assets_dir
+    from mmlora.config.paths import assets_dir
 
     return assets_dir() / "demo" / "images" / "red_circle_white_112x112.png"
 
@@ -47,7 +47,7 @@ def folder(tmp_path):
 @pytest.fixture(scope="module")
 def processor():
     """The tiny Qwen2-VL's data processor (no weights), as `mmlora data check` builds it."""
-    from mmlora.config import ModelConfig
-    from mmlora.datascan import load_data_processor
+    from mmlora.config.schema import ModelConfig
+    from mmlora.data.scan import load_data_processor
 
     return load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=448 * 448))

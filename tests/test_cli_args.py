@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from mmlora.config import load_recipe, recipe_from_dict
+from mmlora.config.loading import load_recipe, recipe_from_dict
 from mmlora.errors import MmloraError
 
 
@@ -43,7 +43,8 @@ def assert_one_line_error(lines, *needles):
 
 
 def test_overrides_after_options_join_the_overrides():
-    from mmlora.cli import build_parser, collect_overrides
+    from mmlora.cli import build_parser
+    from mmlora.cli_checks import collect_overrides
 
     parser = build_parser()
     args = collect_overrides(parser, ["train", "tiny_vqa", "train.epochs=2", "--output-dir", "out",
@@ -56,7 +57,8 @@ def test_overrides_after_options_join_the_overrides():
 
 
 def test_resume_followed_by_an_override_resumes_latest(tmp_path):
-    from mmlora.cli import build_parser, collect_overrides
+    from mmlora.cli import build_parser
+    from mmlora.cli_checks import collect_overrides
 
     parser = build_parser()
     args = collect_overrides(parser, ["train", "tiny_vqa", "--resume", "train.max_steps=8"])
@@ -109,7 +111,7 @@ def test_warmup_steps_suggests_the_ratio_without_carrying_the_step_count_over():
 
 
 def test_foreign_names_point_at_real_keys():
-    from mmlora.overrides import FOREIGN_NAMES, recipe_keys
+    from mmlora.config.keys import FOREIGN_NAMES, recipe_keys
 
     keys = set(recipe_keys())
     assert {target for target, _note in FOREIGN_NAMES.values()} <= keys
@@ -151,7 +153,7 @@ def test_train_report_to_missing_package_fails_before_torch():
 def test_report_targets_match_the_trainer_integrations():
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    from mmlora.preflight import REPORT_PACKAGES
+    from mmlora.training.preflight import REPORT_PACKAGES
 
     assert set(REPORT_PACKAGES) == set(INTEGRATION_TO_CALLBACK)
 
@@ -203,9 +205,9 @@ def test_infer_directory_as_image_says_directory(tmp_path):
 def test_max_pixels_below_one_visual_token_is_refused(model_id, smallest):
     import json as _json
 
-    from mmlora.families import family_for_model_type
-    from mmlora.processor import load_image_processor
-    from mmlora.tiny import tiny_dir
+    from mmlora.models.families import family_for_model_type
+    from mmlora.models.processor import load_image_processor
+    from mmlora.models.tiny import tiny_dir
 
     source = tiny_dir(model_id)
     family = family_for_model_type(_json.loads((source / "config.json").read_text())["model_type"])

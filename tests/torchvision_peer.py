@@ -12,7 +12,7 @@ compiled ops (detection ops such as nms would fail if called: no kernel is regis
 Installed by `make test` with `pip install --no-deps --target .venv/torchvision-peer -r
 requirements-test.txt` (see `peer_dir`).
 `enable()` must run before anything imports mmlora or transformers: conftest.py calls it when
-MMLORA_TEST_TORCHVISION=1; tests/test_torchvision_peers.py starts such a session.
+MMLORA_TEST_TORCHVISION=1; tests/models/test_torchvision_peers.py starts such a session.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mmlora.synthetic import ShapeSpec, draw
+from mmlora.data.synthetic import ShapeSpec, draw
 
 HERE = Path(__file__).resolve().parent
 IMAGES = [ShapeSpec("red", "circle", "white", (112, 112)), ShapeSpec("blue", "square", "black", (140, 112)),

@@ -1,0 +1,96 @@
+"""Recipe values from untyped YAML: each checked against its field's type, errors naming the field.
+
+Shared by recipe loading (mmlora/config/loading.py) and override checks
+(mmlora/config/overrides.py), so a value is judged the same way in a file and on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Literal
+
+from mmlora.config.keys import unknown_key_hint  # full dotted keys, across sections
+from mmlora.errors import MmloraError
+
+
+def _describe(tp: Any) -> str:
+    """A type annotation in words, for error messages ("one of 'caption', 'vqa'")."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def coerce_field(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        # YAML reads `true` as a bool; fields like train.bf16 spell their choices as strings.
+        candidate = str(value).lower() if isinstance(value, bool) else value
+        if candidate in allowed:
+            return candidate
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return coerce_field(value, option, where)
+            except MmloraError:
+                continue
+    elif origin is list:
+        item_type = typing.get_args(tp)[0]
+        if isinstance(value, str) and item_type is str:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [coerce_field(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, which reads `2e-4` (no dot) as a string: accept what Python
+        # reads as a finite number, so `learning_rate: 2e-4` means what the user wrote.
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise MmloraError(f"{where}: got {value!r}, expected {_describe(tp)}.")
+
+
+def build_section(cls: type, data: Any, where: str) -> Any:
+    """A recipe section (dataclass `cls`) from a mapping: every value checked against its field,
+    an unknown key named with the key it most likely means. `where` is the dotted path so far."""
+    if not isinstance(data, dict):
+        raise MmloraError(f"{where or 'recipe'}: expected a mapping of keys, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise MmloraError(f"Unknown recipe key '{path}'.{unknown_key_hint(path)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_section(tp, value or {}, path)
+        else:
+            kwargs[key] = coerce_field(value, tp, path)
+    return cls(**kwargs)

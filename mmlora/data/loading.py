@@ -1,0 +1,149 @@
+"""Datasets -> chat samples `{"images": [...], "messages": [...]}`, with images checked.
+
+Reading files and folders is sources.py's job, row formats formats.py's, safe image loading
+images.py's; the pre-scan before training (scan.py) builds on `iter_samples`. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from mmlora.config.paths import resolve_data_path
+from mmlora.data.formats import parse_column_map, row_to_samples
+from mmlora.data.images import ImageInfo, inspect_image, load_image, resolve_image
+from mmlora.data.rowtext import field_list
+from mmlora.data.samples import (
+    REASONS, RowError, Sample, assistant_turn, most_common_answer, text_of, user_turn,
+)
+from mmlora.data.sources import open_source
+from mmlora.errors import MmloraError
+
+__all__ = [
+    "REASONS", "ImageChecker", "RowError", "Sample", "RowResult", "assistant_turn", "iter_samples", "load_image",
+    "load_samples", "most_common_answer", "text_of", "user_turn",
+]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RowResult:
+    """What became of one raw row: its samples, or the problem that made it unusable."""
+
+    where: str
+    samples: list[Sample] = field(default_factory=list)
+    problem: RowError | None = None
+
+
+def image_root(cfg) -> Path | None:
+    """data.image_root as a path (asset:// allowed), or None for "the dataset's own folder"."""
+    return resolve_data_path(cfg.image_root) if cfg.image_root else None
+
+
+def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResult]:
+    """Every row of `source` (a path, `asset://` name, `datasets.Dataset` or list of rows) as
+    samples with image references resolved and checked to exist, or as a located problem.
+
+    expand_captions: one sample per caption when data.captions_per_image is `all` (training);
+    otherwise one sample per row with every caption as a reference (evaluation).
+    """
+    if isinstance(source, str):
+        source = resolve_data_path(source)
+    column_map = parse_column_map(cfg.column_map)  # a recipe mistake before any file is read
+    opened = open_source(source, image_root(cfg))
+    if opened.columns is not None:
+        check_mapped_columns(opened.name, column_map, opened.columns)
+    seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
+    for where, row in opened.rows:
+        if column_map and opened.columns is None and isinstance(row, dict):
+            seen.update(row)
+        if isinstance(row, RowError):
+            yield RowResult(where, problem=row.at(where))
+            continue
+        try:
+            samples = row_to_samples(row, cfg, column_map, where, expand_captions)
+            for sample in samples:
+                outside_ok = cfg.allow_outside_root or not opened.confined
+                sample.images = [resolve_image(ref, opened.root, outside_ok, cfg.allow_urls) for ref in sample.images]
+        except RowError as err:
+            yield RowResult(where, problem=err.at(where))
+            continue
+        yield RowResult(where, samples)
+    if column_map and opened.columns is None and seen:
+        check_mapped_columns(opened.name, column_map, sorted(seen), "no row has")
+
+
+def check_mapped_columns(name: str, column_map: dict[str, str], columns: list[str], lacks: str = "it has no") -> None:
+    """MmloraError, once for the file, when data.column_map names a column the data lacks."""
+    absent = [source for source in column_map if source not in columns]
+    if absent:
+        pairs = ", ".join(f"'{source}' onto '{column_map[source]}'" for source in absent)
+        names = ", ".join(f"'{source}'" for source in absent)
+        raise MmloraError(f"{name}: data.column_map maps {pairs}, but {lacks} column "
+                          f"{names} (its columns: {field_list(columns)}). "
+                          "Fix the column name in data.column_map.")
+
+
+class ImageChecker:
+    """`inspect_image` once per distinct image (datasets repeat images across rows); a bad
+    image's error is remembered and raised again for every row that uses it."""
+
+    def __init__(self, decode: bool = True):
+        self.decode, self.seen = decode, {}
+
+    def __call__(self, ref) -> ImageInfo:
+        key = _image_key(ref)
+        if key not in self.seen:
+            try:
+                self.seen[key] = inspect_image(ref, decode=self.decode)
+            except RowError as err:
+                self.seen[key] = err
+        if isinstance(self.seen[key], RowError):
+            raise self.seen[key]
+        return self.seen[key]
+
+
+def _image_key(ref):
+    if isinstance(ref, (bytes, bytearray)):
+        return hashlib.sha1(ref).hexdigest()
+    return str(ref) if isinstance(ref, (str, Path)) else id(ref)
+
+
+def load_samples(path, cfg, task: str | None = None, expand_captions: bool = False,
+                 check_images: bool = True) -> list[Sample]:
+    """Every usable sample of a dataset (one per row unless expand_captions), its images
+    checked as data.image_check says (the token-length checks of training are in scan.py).
+
+    Bad rows raise an MmloraError naming file, row and field (data.on_error=raise) or are
+    skipped and counted in a warning (skip).
+    """
+    samples, skipped = [], collections.Counter()
+    check = ImageChecker(decode=cfg.image_check == "decode")
+    for result in iter_samples(path, cfg, expand_captions):
+        if result.problem is None and check_images:
+            try:
+                for sample in result.samples:
+                    for ref in sample.images:
+                        check(ref)
+            except RowError as err:
+                result.problem = err.at(result.where)
+        if result.problem is not None:
+            if cfg.on_error == "raise":
+                raise MmloraError(f"{result.problem} (set data.on_error=skip to skip bad rows)")
+            skipped[result.problem.reason] += 1
+            if sum(skipped.values()) <= 10:  # the first few in full, then only the counts
+                log.warning("skipping %s", result.problem)
+            continue
+        samples.extend(result.samples)
+    counts = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+    if skipped:
+        log.warning("%s: skipped %d bad row(s): %s", path, sum(skipped.values()), counts)
+    if not samples:
+        what = f"all {sum(skipped.values())} rows were skipped: {counts}" if skipped else "it has no rows"
+        raise MmloraError(f"Data '{path}' has no usable rows ({what}); `mmlora data check RECIPE` lists each "
+                          "bad row with its reason.")
+    return samples

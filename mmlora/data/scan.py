@@ -1,0 +1,331 @@
+"""The pre-scan: every row, image and token count checked before training starts.
+
+Bad rows are found here, not mid-epoch: each image is opened once (decoded with
+data.image_check=decode, header only with header), its visual-token count comes from the
+processor's resize rule applied to the header size (no pixels processed), and the text is
+tokenised with the chat template to measure length and trained tokens. Over-long samples are
+dropped or truncated here, so training never meets a sample that does not fit.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmlora.data.collate import (
+    IGNORE_INDEX, answer_labels, encode_for_training, fit_length, image_tokens_end, tokenize_text,
+)
+from mmlora.data.images import ImageInfo
+from mmlora.data.loading import ImageChecker, iter_samples
+from mmlora.data.samples import REASONS, RowError, Sample
+from mmlora.errors import MmloraError
+
+
+class VisualTokenCounter:
+    """Visual tokens an image of a given size becomes, computed without its pixels.
+
+    Fast path: the image processor's own `get_number_of_image_patches` (Qwen-VL's smart_resize
+    rule) divided by its patch merge. It is used only after it matched the processor's real
+    output on probe sizes, expansion text included; otherwise (other families: tiles, fixed
+    sizes, markers) each distinct size is measured once on a blank image.
+    """
+
+    PROBES = ((113, 97), (640, 480), (20, 500), (3000, 2000))
+
+    def __init__(self, processor):
+        self.processor, self.cache = processor, {}
+        placeholder = processor.family.image_token
+        try:
+            measured = [self._measured(w, h) for w, h in self.PROBES]
+            self.fast = all(
+                self._rule(w, h) == m and getattr(m, "text", placeholder * m) == placeholder * m
+                for (w, h), m in zip(self.PROBES, measured)
+            )
+        except Exception:  # noqa: BLE001 - no such method, or another rule: measure each size
+            self.fast = False
+
+    def __call__(self, width: int, height: int) -> int:
+        key = (width, height)
+        if key not in self.cache:
+            self.cache[key] = self._rule(width, height) if self.fast else self._measured(width, height)
+        return self.cache[key]
+
+    def _rule(self, width: int, height: int) -> int:
+        image_processor = self.processor.image_processor
+        return image_processor.get_number_of_image_patches(height, width) // image_processor.merge_size**2
+
+    def _measured(self, width: int, height: int):
+        from PIL import Image
+
+        blank = Image.new("RGB", (width, height))
+        return self.processor.encode(self.processor.family.image_token, [blank]).image_token_counts[0]
+
+
+@dataclass
+class SplitScan:
+    """Everything the pre-scan learned about one split."""
+
+    name: str
+    source: str
+    max_length: int
+    rows: int = 0
+    problems: list[RowError] = field(default_factory=list)
+    """Bad rows (skipped with on_error=skip, fatal with raise)."""
+    too_long: list[RowError] = field(default_factory=list)
+    """Samples dropped because they do not fit max_length."""
+    samples: list[Sample] = field(default_factory=list)
+    """Usable samples, as training will see them."""
+    image_tokens: list[list[int]] = field(default_factory=list)
+    """Visual tokens per image of each usable sample."""
+    truncated: int = 0
+    lengths: list[int] = field(default_factory=list)
+    """Tokens of every sample that passed the row checks, before max_length applies."""
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    visual_tokens: list[int] = field(default_factory=list)
+    padded_images: int = 0
+    kept_tokens: int = 0
+    trained_tokens: int = 0
+
+    def skipped(self) -> dict[str, int]:
+        """Bad rows by reason."""
+        return dict(sorted(collections.Counter(p.reason for p in self.problems).items()))
+
+
+def _measure(processor, sample: Sample, counts: list[int], cfg) -> tuple[int, list[int] | None]:
+    """(length before max_length, labels after it or None when the sample must be dropped)."""
+    ids, offsets = tokenize_text(processor, sample.messages, counts)
+    labels = answer_labels(processor, sample.messages, counts, ids, offsets, cfg.train_on)
+    keep = image_tokens_end(processor, sample.messages, counts, offsets)
+    fitted = fit_length(ids, labels, cfg.max_length, cfg.too_long == "truncate", keep)
+    return len(ids), (fitted[1] if fitted else None)
+
+
+def scan_split(source, cfg, processor, name: str = "train", expand_captions: bool = True,
+               progress: bool = True, limit: int | None = None) -> SplitScan:
+    """Check every row of `source` (see module docstring); never raises for a bad row.
+    `limit`: stop once that many usable samples were found (for previews)."""
+    from tqdm.auto import tqdm
+
+    scan = SplitScan(name, str(source), cfg.max_length)
+    count_tokens, inspect = VisualTokenCounter(processor), ImageChecker(decode=cfg.image_check == "decode")
+    rows = iter_samples(source, cfg, expand_captions)
+    for result in tqdm(rows, desc=f"checking {name} data", unit=" rows", disable=None if progress else True):  # None: no bar off a terminal
+        scan.rows += 1
+        if result.problem is None:
+            try:
+                infos = [[inspect(ref) for ref in sample.images] for sample in result.samples]
+            except RowError as err:
+                result.problem = err.at(result.where)
+        if result.problem is not None:
+            scan.problems.append(result.problem)
+            continue
+        for sample, sample_infos in zip(result.samples, infos):
+            try:
+                _add_sample(scan, processor, cfg, sample, sample_infos, count_tokens)
+            except RowError as err:
+                scan.problems.append(err.at(result.where))
+            except MmloraError as err:  # e.g. the family's template refuses this conversation
+                scan.problems.append(RowError("bad_row", str(err), result.where))
+            except (TypeError, ValueError, UnicodeError) as err:  # the tokenizer or template refuses the text
+                scan.problems.append(RowError("bad_row", f"the {processor.family.name} processor cannot encode this "
+                                                         f"row ({type(err).__name__}: {err})", result.where))
+        if limit is not None and len(scan.samples) >= limit:
+            break
+    return scan
+
+
+def _add_sample(scan: SplitScan, processor, cfg, sample: Sample, infos: list[ImageInfo], count_tokens) -> None:
+    counts = [count_tokens(info.width, info.height) for info in infos]
+    measured = []
+    for option in sample.answer_options or [None]:
+        variant = sample if option is None else sample.with_final_answer(option)
+        measured.append((option, *_measure(processor, variant, counts, cfg)))
+    scan.image_sizes += [(info.width, info.height) for info in infos]
+    scan.visual_tokens += counts
+    scan.padded_images += sum(info.padded for info in infos)
+    scan.lengths.append(measured[0][1])
+    fitting = [(option, length, labels) for option, length, labels in measured if labels is not None]
+    if not fitting:
+        scan.too_long.append(RowError("too_long", f"{measured[0][1]} tokens (with {sum(counts)} visual) do "
+                                                  f"not fit data.max_length={cfg.max_length}", sample.source))
+        return
+    if sample.answer_options:
+        sample.answer_options = [option for option, _, _ in fitting]
+    _, length, labels = fitting[0]
+    scan.truncated += length > cfg.max_length
+    scan.kept_tokens += len(labels)
+    scan.trained_tokens += sum(label != IGNORE_INDEX for label in labels)
+    scan.samples.append(sample)
+    scan.image_tokens.append(counts)
+
+
+def enforce_on_error(scan: SplitScan, on_error: str) -> None:
+    """Stop before training when rows are bad and data.on_error=raise, or nothing is usable."""
+    if scan.problems and on_error == "raise":
+        first, more = scan.problems[0], len(scan.problems) - 1
+        others = f" (and {more} more bad row(s): {reason_counts(scan.skipped())})" if more else ""
+        raise MmloraError(
+            f"{first}{others}. Fix the data or set data.on_error=skip to skip bad rows; "
+            "`mmlora data check RECIPE` lists them all."
+        )
+    if not scan.samples:
+        raise MmloraError(f"{scan.source}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
+                          f"over data.max_length={scan.max_length}: {len(scan.too_long)}). {next_step(scan)}")
+
+
+def reason_counts(counts: dict[str, int]) -> str:
+    """`missing_image 2, not_utf8 1` (or `none`): counts by reason for a one-line message."""
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "none"
+
+
+def next_step(scan: SplitScan) -> str:
+    """What to change when a split has no usable sample, computed from what the scan measured."""
+    if scan.rows == 0:
+        return "The data has no rows: check the path in the recipe."
+    if not scan.lengths:
+        return ("Every row is bad: `mmlora data check RECIPE` lists each with its reason; fix those "
+                "(the first: " + (str(scan.problems[0]) if scan.problems else "-") + ").")
+    ordered = sorted(scan.lengths)
+    return (f"The samples need {ordered[0]} to {ordered[-1]} tokens (median {ordered[len(ordered) // 2]}): set "
+            f"data.max_length={ordered[-1]} to keep all of them (at least {ordered[0]} keeps the shortest), or "
+            "lower model.max_pixels to give images fewer visual tokens.")
+
+
+def summary_line(scan: SplitScan) -> str:
+    """One line for the training log: rows, samples, and what was skipped or cut."""
+    parts = [f"{scan.name} data: {scan.rows} rows -> {len(scan.samples)} samples"]
+    if scan.problems:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in scan.skipped().items())
+        parts.append(f"skipped {len(scan.problems)} bad rows ({reasons})")
+    if scan.too_long:
+        parts.append(f"dropped {len(scan.too_long)} over data.max_length={scan.max_length}")
+    if scan.truncated:
+        parts.append(f"truncated {scan.truncated} to data.max_length={scan.max_length}")
+    return "; ".join(parts)
+
+
+def problem_list(problems: list[RowError], limit: int = 100) -> list[dict]:
+    return [{"where": p.where, "reason": p.reason, "message": p.detail} for p in problems[:limit]]
+
+
+def scan_report(scan: SplitScan) -> dict:
+    """The counts a run writes to data_report.json (and `mmlora data check` extends)."""
+    return {
+        "split": scan.name,
+        "source": scan.source,
+        "rows": scan.rows,
+        "samples": len(scan.samples),
+        "skipped_rows": len(scan.problems),
+        "skipped": scan.skipped(),
+        "dropped_too_long": len(scan.too_long),
+        "truncated": scan.truncated,
+        "max_length": scan.max_length,
+        "reasons": {reason: REASONS[reason] for reason in scan.skipped()},
+        "problems": problem_list(scan.problems + scan.too_long),
+    }
+
+
+class TrainingDataset:
+    """Scanned samples, encoded on access (so image decoding runs in DataLoader workers)."""
+
+    def __init__(self, scan: SplitScan, processor, cfg, seed: int):
+        self.samples, self.counts = scan.samples, scan.image_tokens
+        self.processor, self.cfg, self.seed, self.epoch = processor, cfg, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by accelerate's data loader (and EpochCallback): reseeds caption draws."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        if sample.answer_options:
+            draw = random.Random(f"{self.seed}:{self.epoch}:{index}")
+            sample = sample.with_final_answer(draw.choice(sample.answer_options))
+        return encode_for_training(self.processor, sample, self.cfg.max_length, self.cfg.train_on,
+                                   self.cfg.too_long == "truncate", self.counts[index])
+
+
+def epoch_callback(dataset: TrainingDataset):
+    """A TrainerCallback telling the dataset each epoch, before its data loader (and workers) start;
+    accelerate forwards set_epoch to datasets only on some sampler set-ups."""
+    from transformers import TrainerCallback
+
+    class SetEpoch(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            dataset.set_epoch(int(state.epoch or 0))
+
+    return SetEpoch()
+
+
+def load_data_processor(model_cfg):
+    """The model's processor alone (tokenizer, image processor, chat template): no weights."""
+    from mmlora.models.loading import _hub_kwargs, _source_dir, detect_family
+    from mmlora.models.processor import load_processor
+
+    family = detect_family(model_cfg.name, model_cfg)
+    return load_processor(_source_dir(model_cfg.name), family, model_cfg.min_pixels, model_cfg.max_pixels,
+                          **_hub_kwargs(model_cfg))
+
+
+@dataclass
+class TrainingData:
+    dataset: TrainingDataset
+    scan: SplitScan
+    callbacks: list
+    eval_scan: SplitScan | None = None
+    """data.eval, pre-scanned like train (one sample per row): its usable samples are what the
+    in-training evaluation uses."""
+    eval_dataset: TrainingDataset | None = None
+
+    def eval_parts(self) -> tuple[list[Sample] | None, "TrainingDataset | None"]:
+        """(eval samples, eval-loss dataset) for TrainingEvaluation; (None, None) without data.eval."""
+        if self.eval_scan is None:
+            return None, None
+        return self.eval_scan.samples, self.eval_dataset
+
+
+def run_report(scan: SplitScan, eval_scan: SplitScan | None) -> dict:
+    """data_report.json: the train split's counts at the top level, data.eval's under "eval"."""
+    report = scan_report(scan)
+    if eval_scan is not None:
+        report["eval"] = scan_report(eval_scan)
+    return report
+
+
+def prepare_training_data(recipe, processor=None, report_dir: Path | None = None) -> TrainingData:
+    """Pre-scan data.train and data.eval before any weights load or step runs: raise on bad rows
+    (on_error=raise) or skip them, print what was skipped, dropped or truncated, and write
+    data_report.json to report_dir. Eval is checked here, not at the first evaluation, so a bad
+    or over-long eval row cannot stop a run after its first epoch."""
+    import json
+
+    processor = processor or load_data_processor(recipe.model)
+    scan = scan_split(recipe.data.train, recipe.data, processor, "train")
+    enforce_on_error(scan, recipe.data.on_error)
+    eval_scan = None
+    if recipe.data.eval:
+        eval_scan = scan_split(recipe.data.eval, recipe.data, processor, "eval", expand_captions=False)
+        enforce_on_error(eval_scan, recipe.data.on_error)
+    if report_dir is not None:  # only the main process reports (see mmlora/training/train.py)
+        print(summary_line(scan))
+        if eval_scan is not None:
+            print(summary_line(eval_scan))
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "data_report.json").write_text(json.dumps(run_report(scan, eval_scan), indent=2) + "\n")
+    dataset = TrainingDataset(scan, processor, recipe.data, recipe.train.seed)
+    eval_dataset = eval_loss_dataset(eval_scan, processor, recipe.data) if eval_scan is not None else None
+    return TrainingData(dataset, scan, [epoch_callback(dataset)], eval_scan, eval_dataset)
+
+
+def eval_loss_dataset(eval_scan: SplitScan, processor, cfg) -> TrainingDataset:
+    """The eval-loss dataset: scanned eval samples, encoded as training encodes them (same
+    max_length, truncation and train_on), each with one fixed answer (the first caption that
+    fits), so the eval loss is comparable from one evaluation to the next."""
+    dataset = TrainingDataset(eval_scan, processor, cfg, seed=0)
+    dataset.samples = [s.with_final_answer(s.answer_options[0]) if s.answer_options else s for s in eval_scan.samples]
+    return dataset

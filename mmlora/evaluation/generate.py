@@ -1,0 +1,84 @@
+"""Batched generation for evaluation, the demo and `mmlora infer`.
+
+Prompts are padded on the left (see `mmlora.data.collate.generation_batch`), so every prompt ends at
+the same position and generation appends right after it; with the attention mask the model sees
+the same tokens and positions as for the prompt alone, so batched and one-by-one greedy
+generation give the same answers (tested). Decoding is greedy unless the recipe's `eval`
+section asks for sampling or beams.
+"""
+
+from __future__ import annotations
+
+from mmlora.data.collate import generation_batch
+from mmlora.data.samples import Sample
+from mmlora.models.processor import ImageTextProcessor
+
+
+def clean_answer(text: str) -> str:
+    """The same post-processing for every model: first non-empty line, stripped."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def generation_settings(eval_cfg) -> dict:
+    """`model.generate` keyword arguments from a recipe's `eval` section (an `EvalConfig`).
+
+    Sampling parameters are passed only when sampling is on: transformers warns about
+    temperature/top_p given with greedy decoding.
+    """
+    settings = {
+        "max_new_tokens": eval_cfg.max_new_tokens,
+        "num_beams": eval_cfg.num_beams,
+        "do_sample": eval_cfg.do_sample,
+        "repetition_penalty": eval_cfg.repetition_penalty,
+    }
+    if eval_cfg.do_sample:
+        settings.update(temperature=eval_cfg.temperature, top_p=eval_cfg.top_p)
+    return settings
+
+
+def generate_answers(
+    model, processor: ImageTextProcessor, samples: list[Sample], batch_size: int = 8,
+    max_new_tokens: int = 32, progress: bool = False, first_line: bool = True,
+    settings: dict | None = None, desc: str = "generating",
+) -> list[str]:
+    """Answers to each sample's prompt (its turns before the final answer), `batch_size` at a time.
+
+    `settings`: further `generate` arguments (see `generation_settings`); greedy by default.
+    `first_line` applies the evaluation post-processing (see `clean_answer`); without it the
+    whole stripped answer is returned (for `mmlora infer`).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    options = {"max_new_tokens": max_new_tokens, "do_sample": False, **(settings or {})}
+    device = next(model.parameters()).device
+    answers = []
+    batches = range(0, len(samples), batch_size)
+    model.eval()
+    for start in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True):  # None: no bar off a terminal
+        batch = generation_batch(processor, samples[start: start + batch_size])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.inference_mode():
+            output = model.generate(
+                **batch,
+                **options,
+                pad_token_id=processor.pad_token_id,
+                eos_token_id=processor.tokenizer.convert_tokens_to_ids(processor.family.turn_end),
+            )
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        texts = [processor.decode(row) for row in new_tokens]
+        answers.extend(clean_answer(t) if first_line else t.strip() for t in texts)
+    return answers
+
+
+def exact_match_accuracy(predictions: list[str], samples: list[Sample]) -> float:
+    """Share of predictions that equal one of their sample's references after the official VQA
+    answer normalisation (`mmlora.evaluation.metrics.exact_match`: case, punctuation, articles, number
+    words, contractions)."""
+    from mmlora.evaluation.metrics import exact_match
+
+    hits = sum(exact_match(p, s.references) for p, s in zip(predictions, samples))
+    return hits / max(1, len(samples))

@@ -1,0 +1,1 @@
+"""Inference: `mmlora infer`, one prompt about one image with an optional adapter merged in."""

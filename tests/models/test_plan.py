@@ -1,0 +1,83 @@
+"""`mmlora plan`: counts from the config alone equal counts of the instantiated model."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mmlora.config.loading import load_recipe
+from mmlora.models.loading import load_model_and_processor
+from mmlora.models.lora import apply_lora, save_adapter
+from mmlora.models.plan import format_plan, make_plan
+
+# family -> (vision prefix, projector prefixes), as module names of the loaded model
+PARTS = {
+    "qwen2_vl": ("model.visual.", ("model.visual.merger.",)),
+    "qwen2_5_vl": ("model.visual.", ("model.visual.merger.",)),
+    "qwen3_vl": ("model.visual.", ("model.visual.merger.", "model.visual.deepstack_merger_list.")),
+    "llava": ("model.vision_tower.", ("model.multi_modal_projector.",)),
+    "llava_next": ("model.vision_tower.", ("model.multi_modal_projector.",)),
+    "idefics3": ("model.vision_model.", ("model.connector.",)),
+    "gemma3": ("model.vision_tower.", ("model.multi_modal_projector.",)),
+    "paligemma": ("model.vision_tower.", ("model.multi_modal_projector.",)),
+}
+TINY_RECIPES = ["tiny_vqa", "tiny_qwen2_5_vl_vqa", "tiny_qwen3_vl_vqa", "tiny_llava_vqa", "tiny_llava_next_vqa",
+                "tiny_smolvlm_vqa", "tiny_gemma3_vqa", "tiny_paligemma_vqa"]
+
+
+def counted(model, family_name) -> dict[str, tuple[int, int]]:
+    """(trainable, total) per component of an instantiated PEFT model, by name prefix. PEFT's
+    frozen copy of a fully trained module (`original_module`) is not part of the model."""
+    vision, projector = PARTS[family_name]
+    out = {"vision": [0, 0], "projector": [0, 0], "language": [0, 0]}
+    for name, param in model.named_parameters():
+        if ".original_module." in name:
+            continue
+        plain = name.removeprefix("base_model.model.")
+        part = "projector" if plain.startswith(projector) else "vision" if plain.startswith(vision) else "language"
+        out[part][0] += param.numel() if param.requires_grad else 0
+        out[part][1] += param.numel()
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("overrides", [[], ["lora.vision=lora", "lora.use_dora=true", "lora.projector=frozen"]],
+                         ids=["recipe", "vision-dora"])
+@pytest.mark.parametrize("recipe_name", TINY_RECIPES)
+def test_plan_counts_equal_the_instantiated_model(recipe_name, overrides):
+    recipe = load_recipe(recipe_name, overrides)
+    plan = make_plan(recipe)
+    loaded = load_model_and_processor(recipe.model, device="cpu")
+    model = apply_lora(loaded.model, loaded.family, recipe.lora)
+    expected = counted(model, loaded.family.name)
+    table = format_plan(plan, recipe)
+    for part, (trainable, total) in expected.items():
+        row = plan.count(part)
+        assert (row.trainable, row.total) == (trainable, total), part
+        line = next(line for line in table.splitlines() if line.startswith(part + " "))
+        assert f"{trainable:,}" in line and f"{total:,}" in line
+    assert plan.count("total").total == sum(t for _, t in expected.values())
+
+
+def test_plan_adapter_size_is_the_saved_adapter_size(tmp_path):
+    recipe = load_recipe("tiny_llava_vqa", ["lora.vision=lora"])
+    plan = make_plan(recipe)
+    loaded = load_model_and_processor(recipe.model, device="cpu")
+    save_adapter(apply_lora(loaded.model, loaded.family, recipe.lora), tmp_path)
+    on_disk = (tmp_path / "adapter_model.safetensors").stat().st_size
+    assert plan.adapter_bytes <= on_disk <= plan.adapter_bytes + 32_000  # + the safetensors header
+
+
+def test_plan_visual_tokens_follow_the_pixel_bounds():
+    plan = make_plan(load_recipe("tiny_vqa"))  # min 56x56, max 224x224, 28x28 px per token
+    assert plan.visual_tokens[:2] == [("56x56 (min_pixels)", 4), ("224x224 (max_pixels)", 64)]
+    assert not plan.visual_note
+    fixed = make_plan(load_recipe("tiny_gemma3_vqa"))
+    assert {tokens for _, tokens in fixed.visual_tokens} == {4} and "fixed resolution" in fixed.visual_note
+
+
+def test_plan_cli_prints_the_table():
+    result = subprocess.run([sys.executable, "-m", "mmlora", "plan", "tiny_paligemma_vqa", "lora.r=4"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    for text in ("family paligemma", "trainable", "adapter on disk", "visual tokens per image"):
+        assert text in result.stdout
