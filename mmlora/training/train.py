@@ -235,6 +235,13 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
         finish_run(trainer, evaluation, interrupt, result, recipe)
     finally:
         interrupt.uninstall()
+    if distributed:
+        # Each rank leaves the process group before Python exits (accelerate's documented end):
+        # with the group still up, gloo's worker threads can hold tensors while the interpreter
+        # is torn down, and the rank aborts ("terminate called without an active exception",
+        # SIGABRT), after which torchrun stops the others and a finished run fails. Only after
+        # success: a rank leaving while another waits in a collective would hang that one.
+        trainer.accelerator.end_training()
     return result
 
 
