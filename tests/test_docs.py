@@ -185,7 +185,10 @@ def test_named_paths_and_modules_exist(page):
 
     missing = []
     for number, line in enumerate(page.read_text().splitlines(), 1):
-        for span in re.findall(r"`([^`]+)`", line) + [line] * line.lstrip().startswith("python -m"):
+        spans = re.findall(r"`([^`]+)`", line)
+        if line.lstrip().startswith("python -m"):  # a shell block's module command
+            spans.append(line)
+        for span in spans:
             for path in NAMED_PATH.findall(span):
                 if not {"<", "*"} & set(path) and path not in WRITTEN_BY_A_COMMAND and not (ROOT / path).exists():
                     missing.append(f"{_rel(page)}:{number}: {path} (no such file or folder)")

@@ -84,7 +84,7 @@ def test_no_stage_imports_a_later_one_or_the_command_line():
     wrong = []
     for name, targets in import_graph().items():
         parts = name.split(".")
-        stage = parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in STAGES) else None
+        stage = parts[1] if len(parts) > 1 and parts[1] in STAGES else None
         for target in targets:
             target_parts = target.split(".")
             target_top = target_parts[1] if len(target_parts) > 1 else ""

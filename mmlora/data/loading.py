@@ -15,18 +15,12 @@ from typing import Iterator
 
 from mmlora.config.paths import resolve_data_path
 from mmlora.data.formats import parse_column_map, row_to_samples
-from mmlora.data.images import ImageInfo, inspect_image, load_image, resolve_image
+from mmlora.data.images import ImageInfo, inspect_image, resolve_image
 from mmlora.data.rowtext import field_list
-from mmlora.data.samples import (
-    REASONS, RowError, Sample, assistant_turn, most_common_answer, text_of, user_turn,
-)
+from mmlora.data.samples import RowError, Sample
 from mmlora.data.sources import open_source
 from mmlora.errors import MmloraError
 
-__all__ = [
-    "REASONS", "ImageChecker", "RowError", "Sample", "RowResult", "assistant_turn", "iter_samples", "load_image",
-    "load_samples", "most_common_answer", "text_of", "user_turn",
-]
 log = logging.getLogger(__name__)
 
 

@@ -19,7 +19,7 @@ from mmlora.errors import MmloraError, is_pickle_refusal
 from mmlora.models.families import Family, family_for_model_type
 from mmlora.models.processor import ImageTextProcessor, load_processor
 from mmlora.models.processor_files import model_record
-from mmlora.models.tiny import build_tiny_model, is_tiny, tiny_dir
+from mmlora.models.tiny import build_tiny_model, copy_processor_files, is_tiny, tiny_dir
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,6 @@ def load_model_and_processor(cfg: ModelConfig, device: str | None = None,
 def save_tiny_model(model_id: str, out_dir: str | Path) -> Path:
     """Write a built-in tiny model as a normal checkpoint folder: its weights and the shipped
     processor files, verbatim (the twin's own bounds, not the recipe defaults)."""
-    from mmlora.models.tiny import copy_processor_files
-
     cfg = ModelConfig(name=model_id)
     loaded = load_model_and_processor(cfg, device="cpu")
     out_dir = Path(out_dir)

@@ -19,7 +19,7 @@ from mmlora.config.loading import save_recipe
 from mmlora.config.schema import Recipe
 from mmlora.data.collate import generation_batch
 from mmlora.data.grouping import sample_lengths
-from mmlora.data.samples import Sample
+from mmlora.data.samples import Sample, user_turn
 from mmlora.data.scan import prepare_training_data
 from mmlora.errors import MmloraError
 from mmlora.models.frozen_vision import skip_frozen_vision_graph
@@ -34,7 +34,7 @@ from mmlora.training.checkpoints import (
     prepare_output_dir,
 )
 from mmlora.training.console import attach_console, progress_bars_wanted
-from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard
+from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
 
@@ -134,8 +134,6 @@ def write_train_log(out_dir: Path, history: list[dict]) -> None:
 def dummy_vision_batch(processor) -> dict:
     """A one-image, few-token batch (see MmloraTrainer.compute_loss: ZeRO-3 and text-only batches)."""
     from PIL import Image
-
-    from mmlora.data.samples import user_turn
 
     # 56 px: every family's image processor resizes it to its own minimum (Qwen-VL's min_pixels,
     # LLaVA's crop, Idefics3's tile), so one size fits all and the batch stays small.
@@ -253,8 +251,6 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
     done and must not be lost. The end-of-training evaluation comes after; a signal during it
     stops it at once (StopNow) and keeps the adapter.
     """
-    from mmlora.training.guards import StopNow
-
     if trainer.state.global_step < trainer.state.max_steps:
         return  # stopped early by a signal: the checkpoint is what resumes
     if trainer.args.should_save:
