@@ -18,6 +18,7 @@ Calls are serialised by a lock, so one engine may be shared by threads (a server
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,8 +92,13 @@ def resolve_images(refs: list, where: str, root: Path | None = None, allow_urls:
         try:
             resolved.append(resolve_image(ref, root or Path.cwd(), outside_ok, allow_urls))
         except RowError as err:
+            # The data layer's hints name recipe keys; here the switch is the caller's option.
             if err.reason == "url_not_allowed":
-                err = RowError(err.reason, f"image '{str(ref)[:80]}' is a URL; allow URLs (--allow-urls) to fetch it")
+                err = RowError(err.reason, f"image '{str(ref)[:80]}' is a URL; fetching URLs is off "
+                                           "(--allow-urls turns it on)")
+            elif err.reason == "image_outside_root":
+                err = RowError(err.reason, f"image '{ref}' is outside {Path(os.path.abspath(root))} "
+                                           "(--allow-outside-root allows it)")
             raise err.at(where) from None
     return resolved
 
