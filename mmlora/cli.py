@@ -15,6 +15,7 @@ from pathlib import Path
 from mmlora.cli_checks import apply_gpu_selection, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
+from mmlora.inference.chat import register as register_chat
 from mmlora.inference.infer import register as register_infer
 
 EPILOG = """examples:
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     register_infer(sub)
+    register_chat(sub)
 
     p = sub.add_parser("recipes", help="list, show or copy shipped recipes", description=(
         "ls: list shipped recipes; cp NAME DEST: copy one to customise; show NAME: print it; "

@@ -165,8 +165,9 @@ class InferenceEngine:
                                     first_line=False, settings=settings.generate_kwargs())
 
     def stream(self, request: Request, settings: GenerationSettings | None = None) -> Iterator[str]:
-        """The answer to one request as text chunks, as they are generated (joined and stripped:
-        the same text as `answer`). Beam search cannot stream: num_beams must be 1."""
+        """The answer to one request as text chunks, as they are generated; joined, they are the
+        text `answer` returns (whitespace at either end left out). Beam search cannot stream:
+        num_beams must be 1."""
         from transformers import TextIteratorStreamer
 
         from mmlora.evaluation.generate import generate_answers
@@ -190,13 +191,14 @@ class InferenceEngine:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        started = False
+        started, held = False, ""  # stripped as `answer` strips: leading spaces dropped, trailing held back
         for chunk in streamer:
-            if not started:  # the answer is stripped as `answer` strips it
-                chunk = chunk.lstrip()
-                started = bool(chunk)
-            if chunk:
-                yield chunk
+            text = held + chunk if started else chunk.lstrip()
+            started = started or bool(text)
+            body = text.rstrip()
+            held = text[len(body):]
+            if body:
+                yield body
         worker.join()
         if failure:
             raise failure[0]

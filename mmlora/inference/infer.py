@@ -13,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from mmlora.cli_checks import apply_gpu_selection
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
 from mmlora.inference.engine import GenerationSettings
+from mmlora.inference.flags import (
+    add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
+)
 from mmlora.inference.inputs import ImageRules, Item, read_items
 from mmlora.inference.predictions import PredictionWriter, answered_keys, check_output, line_key
 
@@ -32,8 +34,7 @@ def register(sub) -> None:
         "and print the answer; or answer every image of a folder, or every line of a JSONL file "
         "({\"image\": ..., \"prompt\": ...}), in batches into --output (one JSON line per answer). "
         "Uses a base model, an adapter on its base (merged in memory), or a merged model."))
-    p.add_argument("--model", help="hub id, local dir or tiny id (default: the adapter's base model)")
-    p.add_argument("--adapter", help="directory written by `mmlora train`")
+    add_model_flags(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help="image path or URL; repeat for several in one prompt")
     source.add_argument("--images", help="a folder of images, or a .jsonl file of requests (needs --output)")
@@ -43,38 +44,14 @@ def register(sub) -> None:
     p.add_argument("--output", help="JSONL answers file: {\"image\", \"prompt\", \"prediction\"} per line")
     p.add_argument("--resume", action="store_true", help="continue an existing --output: answer only what it lacks")
     p.add_argument("--batch-size", type=int, default=8, help="requests per generate call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature above 0)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search with N beams (default 1: none)")
-    p.add_argument("--seed", type=int, help="random seed, for repeatable sampling")
-    p.add_argument("--allow-urls", action="store_true", help="fetch http(s) image URLs (refused otherwise)")
+    add_generation_flags(p)
     p.add_argument("--allow-outside-root", action="store_true",
                    help="allow JSONL image paths outside the file's folder (absolute paths elsewhere, ../)")
-    p.add_argument("--gpu", help="GPU ids to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--min-pixels", type=int, default=None,
-                   help="default: the adapter's recipe, else the model folder's mmlora.json, else 3136")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="default: the adapter's recipe, else the model folder's mmlora.json, else 200704")
     p.set_defaults(func=cmd_infer)
 
 
-def settings_from(args) -> GenerationSettings:
-    """Generation settings from the flags; a value out of range is a one-line error."""
-    for flag, value, ok in (("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1),
-                            ("--num-beams", args.num_beams, args.num_beams >= 1),
-                            ("--batch-size", args.batch_size, args.batch_size >= 1),
-                            ("--temperature", args.temperature, args.temperature >= 0),
-                            ("--top-p", args.top_p, 0 < args.top_p <= 1)):
-        if not ok:
-            expected = {"--temperature": "0 or more", "--top-p": "above 0 and at most 1"}.get(flag, "1 or more")
-            raise MmloraError(f"{flag}: got {value}, expected {expected}.")
-    return GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.num_beams, args.seed)
-
-
 def check_args(args) -> None:
-    """One-line errors for infer's arguments, before torch is imported (the model family's own
-    minimum image size is checked when its image processor loads: mmlora/models/families/base.py)."""
+    """One-line errors for infer's own arguments, before torch is imported."""
     if args.image:
         for image in args.image:
             if Path(image).is_dir():
@@ -85,17 +62,14 @@ def check_args(args) -> None:
         raise MmloraError("--images needs --output FILE.jsonl, where the answers go, one JSON line each.")
     if args.resume and not args.output:
         raise MmloraError("--resume continues an --output file; give --output.")
-    for flag, value in (("--min-pixels", args.min_pixels), ("--max-pixels", args.max_pixels)):
-        if value is not None and value < 1:
-            raise MmloraError(f"{flag}: got {value}, expected a positive number of pixels.")
-    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
-        raise MmloraError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}).")
+    if args.batch_size < 1:
+        raise MmloraError(f"--batch-size: got {args.batch_size}, expected 1 or more.")
 
 
 def cmd_infer(args) -> int:
     check_args(args)
     settings = settings_from(args)
-    apply_gpu_selection(args.gpu)
+    check_model_flags(args)
     if args.output:
         check_output(Path(args.output), args.resume)
     rules = ImageRules(args.allow_urls, args.allow_outside_root)
@@ -135,17 +109,6 @@ def cmd_infer(args) -> int:
     print(f"mmlora: answered {len(answered)} request(s) into {args.output}{already}"
           + (f"; skipped {skipped} (see above)" if skipped else ""), file=sys.stderr)
     return 1 if skipped else 0
-
-
-def load_engine(args):
-    import torch
-
-    from mmlora.inference.engine import InferenceEngine
-
-    if not torch.cuda.is_available():
-        print("mmlora: no CUDA device visible; running on CPU.", file=sys.stderr)
-    return InferenceEngine.load(args.model, args.adapter, args.min_pixels, args.max_pixels,
-                                allow_urls=args.allow_urls)
 
 
 def decoded(item: Item, strict: bool) -> Item | None:
