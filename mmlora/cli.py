@@ -16,6 +16,7 @@ from mmlora.cli_checks import apply_gpu_selection, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
 from mmlora.inference.chat import register as register_chat
+from mmlora.inference.export import register as register_export
 from mmlora.inference.infer import register as register_infer
 
 EPILOG = """examples:
@@ -116,6 +117,9 @@ def cmd_merge(args) -> int:
     result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
     print(f"merged {args.adapter} into {result.base} ({result.dtype}): {result.tensors} tensors in "
           f"{result.shards} shard(s), each read back and checked. Use it with --model {result.out_dir}")
+    from mmlora.inference.export import export_folder
+
+    print("\n".join(export_folder(result.out_dir)))
     return 0
 
 
@@ -211,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_infer(sub)
     register_chat(sub)
+    register_export(sub)
 
     p = sub.add_parser("recipes", help="list, show or copy shipped recipes", description=(
         "ls: list shipped recipes; cp NAME DEST: copy one to customise; show NAME: print it; "
