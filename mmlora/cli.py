@@ -30,6 +30,9 @@ EPILOG = """examples:
   mmlora data check tiny_caption                rows, bad rows by reason, image/length stats (no weights)
   mmlora plan tiny_smolvlm_vqa lora.vision=lora parameters per component, adapter size, visual tokens
   mmlora merge --adapter runs/tiny_vqa --out merged   standalone model for --model merged (or vLLM)
+  mmlora infer --model tiny/qwen2-vl --images photos/ --prompt "Describe." --output preds.jsonl   batched
+  mmlora chat --adapter runs/tiny_vqa               multi-turn chat in the terminal (/image PATH, /reset)
+  mmlora export runs/tiny_vqa                       vLLM check (modules, flags) and a model card
 """
 
 
