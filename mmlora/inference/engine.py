@@ -103,8 +103,9 @@ def resolve_images(refs: list, where: str, root: Path | None = None, allow_urls:
     return resolved
 
 
-def request_sample(request: Request) -> Sample:
-    """The request as a sample: system turn, earlier turns, then the prompt (no answer yet)."""
+def request_sample(request: Request, prompt_field: str = "prompt") -> Sample:
+    """The request as a sample: system turn, earlier turns, then the prompt (no answer yet).
+    `prompt_field` names the prompt in a marker-count error (e.g. "--prompt")."""
     messages, images = [], []
     if request.system:
         messages.append(system_turn(request.system))
@@ -118,7 +119,7 @@ def request_sample(request: Request) -> Sample:
             raise RowError("bad_row", f"a history turn has role {turn.role!r}; use 'user' or 'assistant'",
                            request.where)
     try:
-        messages.append(user_turn(request.prompt, len(request.images), field="prompt"))
+        messages.append(user_turn(request.prompt, len(request.images), field=prompt_field))
     except RowError as err:
         raise err.at(request.where) from None
     return Sample(images + list(request.images), messages, source=request.where)
