@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlora.config.paths import ASSET_SCHEME, resolve_data_path
-from mmlora.data.images import resolve_image
+from mmlora.data.images import load_image, resolve_image
 from mmlora.data.samples import RowError, Sample, assistant_turn, system_turn, user_turn
 
 
@@ -147,8 +147,11 @@ class InferenceEngine:
         return cls(net, loaded.processor, name=str(adapter or model), allow_urls=allow_urls)
 
     def _sample(self, request: Request) -> Sample:
+        """The request as a sample with its images checked and decoded (so that a bad image
+        fails before any generation, not halfway through a batch)."""
         sample = request_sample(request)
-        sample.images = resolve_images(sample.images, request.where, allow_urls=self.allow_urls)
+        resolved = resolve_images(sample.images, request.where, allow_urls=self.allow_urls)
+        sample.images = [load_image(ref, request.where) for ref in resolved]
         return sample
 
     def answer(self, requests: list[Request], settings: GenerationSettings | None = None,
@@ -168,7 +171,8 @@ class InferenceEngine:
     def stream(self, request: Request, settings: GenerationSettings | None = None) -> Iterator[str]:
         """The answer to one request as text chunks, as they are generated; joined, they are the
         text `answer` returns (whitespace at either end left out). Beam search cannot stream:
-        num_beams must be 1."""
+        num_beams must be 1. A stream left unread still generates to its end (holding the
+        engine's lock) before the next call runs."""
         from transformers import TextIteratorStreamer
 
         from mmlora.evaluation.generate import generate_answers
