@@ -125,7 +125,8 @@ def encode_for_training(processor: ImageTextProcessor, sample: Sample, max_lengt
     a difference means the scan and the processor disagree, which is reported, never trained on.
     """
     images = [load_image(image, sample.source) for image in sample.images]
-    encoded = processor.encode(processor.render(sample.messages), images)
+    # A mixture's source may set its own resolution (Sample.pixel_bounds): resize within it.
+    encoded = processor.at_bounds(sample.pixel_bounds).encode(processor.render(sample.messages), images)
     if expected_counts is not None and list(encoded.image_token_counts) != list(expected_counts):
         raise MmloraError(
             f"{sample.source}: the processor made {encoded.image_token_counts} visual tokens where the "
@@ -201,7 +202,7 @@ def generation_batch(processor: ImageTextProcessor, samples: list[Sample]) -> di
     for sample in samples:
         images = [load_image(image, sample.source) for image in sample.images]
         text = processor.render(prompt_messages(sample), add_generation_prompt=True)
-        encoded.append(processor.encode(text, images))
+        encoded.append(processor.at_bounds(sample.pixel_bounds).encode(text, images))
     batch = _batch(processor, [e.input_ids for e in encoded], "left")
     batch.update(_stack_vision(encoded))
     return batch

@@ -66,9 +66,9 @@ class Sample:
     """All acceptable answers / captions, for evaluation."""
     answer_options: list[str] = field(default_factory=list)
     """Captions to draw the final answer from, one per epoch (data.captions_per_image=random)."""
-    pixel_bounds: tuple[int, int] | None = None
+    pixel_bounds: tuple[int | None, int | None] | None = None
     """(min_pixels, max_pixels) of the data source this sample came from (a mixture entry's own
-    bounds); None: model.min_pixels / max_pixels. Training, data check/preview and eval resize
+    bounds; a None side, or None: model.min_pixels / max_pixels). Training, data check/preview and eval resize
     the sample's images within them (ImageTextProcessor.at_bounds)."""
 
     def row(self) -> dict:

@@ -123,7 +123,7 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
     if adapter_dir is None and compare_base:
         raise MmloraError(f"--compare-base needs an adapter: pass --adapter DIR, or train first so "
                           f"{recipe.train.output_dir} holds one.")
-    samples = load_samples(data_file, recipe.data, recipe.task)
+    samples = load_samples(data_file, recipe.data, recipe.task, where=f"data.{split}" if split in SPLITS else "--split")
     limit = limit if limit is not None else recipe.eval.limit
     if limit is not None:
         if limit <= 0:

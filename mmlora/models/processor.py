@@ -12,6 +12,7 @@ processors where those can be built here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -106,6 +107,30 @@ class ImageTextProcessor:
     record: dict | None = None
     """Base model, family and pixel bounds this processor was loaded with, written to
     mmlora.json by save_pretrained (set by modeling.load_model_and_processor)."""
+    image_source: tuple[str, dict] | None = None
+    """(source, hub kwargs) the image processor was read from: `at_bounds` reads it again."""
+    pixel_bounds: tuple[int, int] | None = None
+    """(min_pixels, max_pixels) the image processor was built with."""
+    _bounded: dict = field(default_factory=dict, repr=False)
+
+    def at_bounds(self, bounds: tuple[int | None, int | None] | None) -> "ImageTextProcessor":
+        """This processor with images resized within `bounds` (a data source's own min/max_pixels;
+        a None side keeps this processor's): the image processor is loaded again from its source
+        with those bounds, exactly as `load_processor` loads it, once per distinct bounds."""
+        if bounds is None or self.pixel_bounds is None:
+            return self
+        low, high = bounds[0] or self.pixel_bounds[0], bounds[1] or self.pixel_bounds[1]
+        if low > high:  # one side set past the model's other side: the side the source set wins
+            low, high = (low, low) if bounds[1] is None else (high, high)
+        wanted = (low, high)
+        if wanted == self.pixel_bounds or self.image_source is None:
+            return self
+        if wanted not in self._bounded:
+            source, hub_kwargs = self.image_source
+            image_processor = load_image_processor(source, self.family, *wanted, **hub_kwargs)
+            self._bounded[wanted] = dataclasses.replace(self, image_processor=image_processor, pixel_bounds=wanted,
+                                                        _bounded={})
+        return self._bounded[wanted]
 
     @property
     def image_token_id(self) -> int:
@@ -309,5 +334,6 @@ def load_processor(
     tokenizer.padding_side = "right"
     return ImageTextProcessor(
         tokenizer, image_processor, template, family, full_processor=full, model_config=model_config,
-        processor_config=_read_processor_config(source),
+        processor_config=_read_processor_config(source), image_source=(source, hub_kwargs),
+        pixel_bounds=(min_pixels, max_pixels),
     )
