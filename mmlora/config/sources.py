@@ -65,6 +65,15 @@ class DataSource:
         return replace(cfg, **changes) if changes else cfg
 
 
+def resolve_bounds(bounds: tuple[int | None, int | None], model_bounds: tuple[int, int]) -> tuple[int, int]:
+    """A source's (min_pixels, max_pixels), a None side taken from the model's bounds; where a
+    side the source sets passes the model's other side, the side the source set wins."""
+    low, high = bounds[0] or model_bounds[0], bounds[1] or model_bounds[1]
+    if low > high:
+        low, high = (low, low) if bounds[1] is None else (high, high)
+    return low, high
+
+
 def parse_hub_id(text: str) -> tuple[str, str | None, str]:
     """`ORG/NAME[:CONFIG][@SPLIT]` (without `hf:`) -> (path, config or None, split)."""
     rest, _, split = text.partition("@")

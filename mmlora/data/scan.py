@@ -193,7 +193,8 @@ def enforce_on_error(scan: SplitScan, on_error: str) -> None:
             "`mmlora data check RECIPE` lists them all."
         )
     if not scan.samples:
-        raise MmloraError(f"{scan.source}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
+        named = f"{scan.data_source.label} ({scan.source})" if scan.data_source else scan.source
+        raise MmloraError(f"{named}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
                           f"over data.max_length={scan.max_length}: {len(scan.too_long)}). {next_step(scan)}")
 
 

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from mmlora.config.sources import resolve_bounds
 from mmlora.errors import MmloraError
 from mmlora.models.families import Family
 from mmlora.models.plaintext import PlainText, Tokenized
@@ -119,10 +120,7 @@ class ImageTextProcessor:
         with those bounds, exactly as `load_processor` loads it, once per distinct bounds."""
         if bounds is None or self.pixel_bounds is None:
             return self
-        low, high = bounds[0] or self.pixel_bounds[0], bounds[1] or self.pixel_bounds[1]
-        if low > high:  # one side set past the model's other side: the side the source set wins
-            low, high = (low, low) if bounds[1] is None else (high, high)
-        wanted = (low, high)
+        wanted = resolve_bounds(bounds, self.pixel_bounds)
         if wanted == self.pixel_bounds or self.image_source is None:
             return self
         if wanted not in self._bounded:
