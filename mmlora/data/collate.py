@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmlora.data.images import load_image
-from mmlora.data.samples import Sample
+from mmlora.data.samples import RowError, Sample
 from mmlora.errors import MmloraError
 from mmlora.models.processor import ImageTextProcessor, expand_placeholders, stack_vision
 
@@ -137,11 +137,11 @@ def encode_for_training(processor: ImageTextProcessor, sample: Sample, max_lengt
                            encoded.input_ids, encoded.offsets, train_on)
     keep = image_tokens_end(processor, sample.messages, encoded.image_token_counts, encoded.offsets)
     fitted = fit_length(encoded.input_ids, labels, max_length, truncate, keep)
-    if fitted is None:
-        raise MmloraError(
-            f"{sample.source}: sample is {len(encoded.input_ids)} tokens (with visual tokens), more "
+    if fitted is None:  # a RowError, so that data.streaming counts it as a dropped sample
+        raise RowError(
+            "too_long", f"sample is {len(encoded.input_ids)} tokens (with visual tokens), more "
             f"than data.max_length={max_length}, and cannot be cut without cutting an image. Raise "
-            "data.max_length or lower model.max_pixels (the training pre-scan drops such samples)."
+            "data.max_length or lower model.max_pixels (the training pre-scan drops such samples).", sample.source
         )
     input_ids, labels = fitted
     return TrainExample(input_ids, labels, encoded.pixel_values, encoded.image_grid_thw, encoded.vision_inputs)

@@ -21,6 +21,7 @@ from mmlora.data.images import ImageInfo
 from mmlora.config.sources import DataSource, recipe_sources
 from mmlora.data.loading import ImageChecker, iter_samples
 from mmlora.data.mixture import combine_scans, epoch_order
+from mmlora.data.streaming import StreamingDataset
 from mmlora.data.samples import REASONS, RowError, Sample
 from mmlora.errors import MmloraError
 
@@ -315,8 +316,9 @@ def load_data_processor(model_cfg):
 
 @dataclass
 class TrainingData:
-    dataset: TrainingDataset
+    dataset: "TrainingDataset | StreamingDataset"
     scan: SplitScan
+    """The train split's pre-scan (empty with data.streaming)."""
     callbacks: list
     eval_scan: SplitScan | None = None
     """data.eval, pre-scanned like train (one sample per row): its usable samples are what the
@@ -346,8 +348,11 @@ def prepare_training_data(recipe, processor=None, report_dir: Path | None = None
     import json
 
     processor = processor or load_data_processor(recipe.model)
-    scan = scan_split(recipe.data.train, recipe.data, processor, "train")
-    enforce_on_error(scan, recipe.data.on_error)
+    if recipe.data.streaming:  # nothing of data.train is read before training (mmlora/data/streaming.py)
+        scan = SplitScan("train", "streamed: checked as training reaches each row", recipe.data.max_length)
+    else:
+        scan = scan_split(recipe.data.train, recipe.data, processor, "train")
+        enforce_on_error(scan, recipe.data.on_error)
     eval_scan = None
     if recipe.data.eval:
         eval_scan = scan_split(recipe.data.eval, recipe.data, processor, "eval", expand_captions=False)
@@ -355,10 +360,13 @@ def prepare_training_data(recipe, processor=None, report_dir: Path | None = None
     if report_dir is not None:  # only the main process reports (see mmlora/training/train.py)
         for split in (scan, eval_scan):
             for part in ([split] + split.parts if split is not None else []):
-                print(("  " if part is not split else "") + summary_line(part))
+                streamed = recipe.data.streaming and part is scan
+                print("train data: streamed (data.streaming), each row checked when training reaches it; skips "
+                      "are logged as they come" if streamed else ("  " if part is not split else "") + summary_line(part))
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "data_report.json").write_text(json.dumps(run_report(scan, eval_scan), indent=2) + "\n")
-    dataset = TrainingDataset(scan, processor, recipe.data, recipe.train.seed)
+    dataset = StreamingDataset(recipe.data.train, processor, recipe.data, recipe.train.seed) if recipe.data.streaming \
+        else TrainingDataset(scan, processor, recipe.data, recipe.train.seed)
     eval_dataset = eval_loss_dataset(eval_scan, processor, recipe.data) if eval_scan is not None else None
     return TrainingData(dataset, scan, [epoch_callback(dataset)], eval_scan, eval_dataset)
 
