@@ -107,6 +107,7 @@ def test_streaming_needs_max_steps():
         recipe_from_dict({"data": {"train": "a.jsonl", "streaming": True}})
 
 
+@pytest.mark.slow  # a training run (~20 s on 2 shared cores)
 def test_streamed_training_run(rows_file, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
