@@ -118,10 +118,13 @@ class ImageTextProcessor:
         """This processor with images resized within `bounds` (a data source's own min/max_pixels;
         a None side keeps this processor's): the image processor is loaded again from its source
         with those bounds, exactly as `load_processor` loads it, once per distinct bounds."""
-        if bounds is None or self.pixel_bounds is None:
+        if bounds is None:
             return self
+        if self.pixel_bounds is None or self.image_source is None:
+            raise MmloraError(f"A data source asks for min/max_pixels {bounds[0]}/{bounds[1]}, but this processor "
+                              "was not loaded from model files (load_processor), so it cannot be rebuilt at them.")
         wanted = resolve_bounds(bounds, self.pixel_bounds)
-        if wanted == self.pixel_bounds or self.image_source is None:
+        if wanted == self.pixel_bounds:
             return self
         if wanted not in self._bounded:
             source, hub_kwargs = self.image_source

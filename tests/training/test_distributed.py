@@ -107,3 +107,21 @@ def test_fsdp_config_on_two_cpu_processes_is_refused_in_one_line(tmp_path):
                "accelerate runs FSDP on GPU backends only. On CPU launch with recipes/accelerate/ddp.yaml or torchrun.")
     assert result.stderr.count(refusal) == 2
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_streamed_two_process_training_matches_one_process(tmp_path):
+    """data.streaming under 2 gloo processes: each rank keeps its share of every global batch
+    (dispatch off), so the loss curve is the one-process curve at the same global batch."""
+    common = ["tiny_vqa", "data.streaming=true", "train.max_steps=3", "train.logging_steps=1", "train.save_steps=0",
+              "train.eval_strategy=never", "eval.generate_at_end=false"]
+    one = subprocess.run([sys.executable, "-m", "mmlora", "train", *common, "train.batch_size=4",
+                          f"train.output_dir={tmp_path / 'single'}"], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmlora",
+                          "train", *common, "train.batch_size=2", f"train.output_dir={tmp_path / 'double'}"],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = losses(tmp_path / "single"), losses(tmp_path / "double")
+    assert len(a) == len(b) == 3
+    assert b == pytest.approx(a, rel=0.03)
