@@ -63,8 +63,8 @@ def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResu
                 sample.pixel_bounds = bounds
             yield result
     except MmloraError as err:
-        if isinstance(err, RowError) or str(err).startswith(source.label):
-            raise
+        if isinstance(err, RowError) or str(err).startswith(source.label) or source.label == "data":
+            raise  # already located, or a value given without its recipe key (nothing to add)
         raise MmloraError(f"{source.label}: {err}") from None
 
 
@@ -74,7 +74,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 def _local_path(source: DataSource) -> Path:
     """The path of a local source; one that does not exist but reads as a hub id says how to load that."""
     path = resolve_data_path(source.path)
-    if not path.exists() and HUB_ID.fullmatch(source.path):
+    if not path.exists() and HUB_ID.fullmatch(source.path) and not path.suffix:  # ORG/NAME, not dir/file.jsonl
         raise MmloraError(f"{source.label}: '{source.path}' does not exist here. For the hub dataset of that "
                           f"name write {HUB_SCHEME}{source.path} (optionally :CONFIG and @SPLIT); for a local "
                           "file or folder, check the path.")
