@@ -168,7 +168,8 @@ def recipe_sources(value: Any, where: str) -> list[DataSource] | None:
     return None
 
 
-def is_mixture(value: Any) -> bool:
-    """More than one source: weighted sampling applies (mmlora/data/mixture.py)."""
+def describe_data(value: Any) -> str:
+    """A data.train / data.eval value in one line for reports: its sources as the recipe spells them."""
     sources = recipe_sources(value, "data")
-    return sources is not None and len(sources) > 1
+    return " + ".join(source.display for source in sources) if sources else str(value)
+

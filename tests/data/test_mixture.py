@@ -183,3 +183,15 @@ def test_training_run_on_a_mixture(two_sources, tmp_path):
     report = json.loads((out / "data_report.json").read_text())
     assert [(s["source"], s["weight"], s["max_pixels"]) for s in report["sources"]] == \
         [(docs, 3.0, SMALL), (photos, 1.0, None)]
+
+
+@pytest.mark.slow  # loads the tiny model and generates (~15 s on 2 shared cores)
+def test_eval_of_a_mixture_reads_every_source_and_names_them(two_sources, tmp_path):
+    from mmlora.evaluation.run import run_eval
+
+    docs, photos = two_sources
+    r = mixture_recipe(docs, eval=[{"path": docs, "max_pixels": SMALL}, photos])
+    r.train.output_dir, r.eval.max_new_tokens, r.eval.batch_size = str(tmp_path / "no_adapter"), 1, 9
+    report, out = run_eval(r, output_dir=str(tmp_path / "eval"))
+    assert len(report.items) == 9
+    assert f"- data: {docs} + {photos}" in (out / "report.md").read_text().splitlines()
