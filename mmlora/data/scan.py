@@ -282,11 +282,13 @@ class TrainingDataset:
         if self.mixture:
             self.order = epoch_order(*self.mixture, self.seed, self.epoch)
 
-    def __getitem__(self, index: int):
-        index = self.order[index] if self.order is not None else index
+    def __getitem__(self, position: int):
+        # A mixture's epoch maps positions to samples; the caption draw follows the position, so a
+        # sample drawn twice in one epoch may get two captions.
+        index = self.order[position] if self.order is not None else position
         sample = self.samples[index]
         if sample.answer_options:
-            draw = random.Random(f"{self.seed}:{self.epoch}:{index}")
+            draw = random.Random(f"{self.seed}:{self.epoch}:{position}")
             sample = sample.with_final_answer(draw.choice(sample.answer_options))
         return encode_for_training(self.processor, sample, self.cfg.max_length, self.cfg.train_on,
                                    self.cfg.too_long == "truncate", self.counts[index])
