@@ -14,6 +14,7 @@ import yaml
 from mmlora.config.overrides import check_override, overrides_named_in, parse_value
 from mmlora.config.paths import resolve_recipe_path
 from mmlora.config.schema import Recipe
+from mmlora.config.sources import data_sources
 from mmlora.config.values import build_section
 from mmlora.errors import MmloraError
 
@@ -60,7 +61,27 @@ def _validate(recipe: Recipe) -> None:
     from mmlora.data.formats import parse_column_map
 
     parse_column_map(recipe.data.column_map)
+    _validate_sources(recipe)
     _validate_eval(recipe)
+
+
+def _validate_sources(recipe: Recipe) -> None:
+    """data.train / data.eval entries (mmlora/config/sources.py) and what a mixture or
+    data.streaming cannot be combined with."""
+    from mmlora.data.formats import parse_column_map
+
+    train = data_sources(recipe.data.train, "data.train")
+    for source in train + (data_sources(recipe.data.eval, "data.eval") if recipe.data.eval else []):
+        if source.column_map is not None:
+            parse_column_map(list(source.column_map))
+    if len(train) > 1 and recipe.data.group_by_length:
+        raise MmloraError("data.group_by_length cannot be combined with a mixture in data.train (the weighted "
+                          "draw changes every epoch); set data.group_by_length=false or use one source.")
+    if recipe.data.streaming and recipe.train.max_steps <= 0:
+        raise MmloraError("data.streaming=true needs train.max_steps (a streamed set has no known length, so "
+                          "epochs cannot be counted): set train.max_steps, e.g. train.max_steps=1000.")
+    if recipe.data.streaming and recipe.data.group_by_length:
+        raise MmloraError("data.group_by_length needs the pre-scan's lengths: it cannot be combined with data.streaming.")
 
 
 def _validate_lora(recipe: Recipe) -> None:

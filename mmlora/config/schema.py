@@ -99,13 +99,17 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    train: str = _doc(
+    train: str | list[str | dict] | dict = _doc(
         "Training data: a .jsonl/.json/.csv/.tsv/.parquet file, a `datasets` save_to_disk folder, "
-        "an imagefolder (with metadata.jsonl/.csv/.parquet) or a folder of Parquet files. Row "
-        "formats: docs/data.md.",
+        "an imagefolder (with metadata.jsonl/.csv/.parquet) or a folder of Parquet files; a hub "
+        "dataset hf:ORG/NAME[:CONFIG][@SPLIT] (or a mapping {path, name, split}); or a list of "
+        "these, each a path or a mapping {path, weight, min_pixels, max_pixels, format, column_map} "
+        "(a mixture: docs/data.md). Row formats: docs/data.md.",
         "",
     )
-    eval: str | None = _doc("Held-out data (same kinds as data.train) for evaluation and the demo.", None)
+    eval: str | list[str | dict] | dict | None = _doc(
+        "Held-out data (same kinds as data.train; a list is read whole, in order, each source at its "
+        "own min/max_pixels) for evaluation and the demo.", None)
     image_root: str | None = _doc(
         "Directory that relative image paths resolve against (default: the data file's directory).",
         None,
@@ -175,6 +179,11 @@ class DataConfig:
     group_by_length: bool = _doc(
         "Form batches of samples of similar length (text + visual tokens, from the pre-scan), "
         "batches shuffled; every sample once per epoch. Cuts padding without packing.", False
+    )
+    streaming: bool = _doc(
+        "Read data.train as it comes instead of pre-scanning it (sets too big to scan first): each "
+        "row is checked when training reaches it, bad or over-long rows are skipped and counted in "
+        "the log. Needs train.max_steps; docs/data.md says what is and is not checked then.", False
     )
 
 

@@ -27,6 +27,8 @@ def _describe(tp: Any) -> str:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if tp is type(None):
         return "null"
+    if tp is dict:
+        return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -54,6 +56,9 @@ def coerce_field(value: Any, tp: Any, where: str) -> Any:
             value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, list):
             return [coerce_field(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    elif tp is dict:  # a data source mapping (mmlora/config/sources.py checks its keys)
+        if isinstance(value, dict):
+            return value
     elif tp is type(None):
         if value is None:
             return None

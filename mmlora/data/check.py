@@ -10,8 +10,9 @@ import itertools
 import json
 import statistics
 
+from mmlora.data.mixture import source_counts
 from mmlora.data.collate import IGNORE_INDEX, answer_labels, fit_length, image_tokens_end, tokenize_text
-from mmlora.data.scan import SplitScan, load_data_processor, scan_report, scan_split
+from mmlora.data.scan import SplitScan, load_data_processor, scan_report, scan_split, source_report
 
 
 def distribution(values: list[int]) -> dict | None:
@@ -37,6 +38,8 @@ def split_stats(scan: SplitScan) -> dict:
     stats["trained_tokens"] = scan.trained_tokens
     stats["kept_tokens"] = scan.kept_tokens
     stats["trained_token_share"] = round(scan.trained_tokens / scan.kept_tokens, 4) if scan.kept_tokens else 0.0
+    if scan.parts:  # a mixture: the same stats per source, with its weight and pixel bounds
+        stats["sources"] = [source_report(part, split_stats) for part in scan.parts]
     return stats
 
 
@@ -55,8 +58,9 @@ def check_recipe(recipe, processor=None, progress: bool = True) -> dict:
 
 
 def training_would_stop(report: dict, on_error: str) -> bool:
-    """Bad rows under on_error=raise, or a split with nothing usable."""
-    return any((split["skipped_rows"] and on_error == "raise") or not split["samples"] for split in report.values())
+    """Bad rows under on_error=raise, or a split (or a mixture's source) with nothing usable."""
+    return any((split["skipped_rows"] and on_error == "raise") or not split["samples"]
+               or any(not source["samples"] for source in split.get("sources", [])) for split in report.values())
 
 
 def _dist(d: dict | None) -> str:
@@ -64,30 +68,44 @@ def _dist(d: dict | None) -> str:
 
 
 def format_check(report: dict) -> str:
-    """The check report as text."""
+    """The check report as text (a mixture: the split's totals, then each source with its weight,
+    its draw per training epoch and its pixel bounds)."""
     lines = []
     for name, s in report.items():
-        images = s["images"]
-        lines += [
-            f"{name}: {s['source']}",
-            f"  rows {s['rows']} -> usable samples {s['samples']}  (bad rows skipped {s['skipped_rows']}, "
-            f"over max_length {s['max_length']}: dropped {s['dropped_too_long']}, truncated {s['truncated']})",
-        ]
-        if s["skipped"]:
-            lines.append("  bad rows by reason: " + ", ".join(f"{k} {v}" for k, v in s["skipped"].items()))
-        lines += [
-            f"  images {images['count']} (padded to the aspect limit: {images['padded_to_aspect_limit']})",
-            f"    width          {_dist(images['width'])}",
-            f"    height         {_dist(images['height'])}",
-            f"    visual tokens  {_dist(images['visual_tokens'])}",
-            f"  sequence length  {_dist(s['sequence_length'])}",
-            f"  trained tokens   {s['trained_tokens']} of {s['kept_tokens']} ({100 * s['trained_token_share']:.1f}%)",
-        ]
-        for problem in s["problems"][:20]:
-            lines.append(f"  {problem['where']}: [{problem['reason']}] {problem['message']}")
-        if len(s["problems"]) > 20:
-            lines.append(f"  ... {len(s['problems']) - 20} more (see --json)")
+        sources = s.get("sources", [])
+        lines += _split_lines(f"{name}: {s['source']}", s, problems=not sources)
+        draws = source_counts([p["weight"] for p in sources], s["samples"]) if sources and s["samples"] else []
+        for i, source in enumerate(sources):
+            pixels = "/".join("model" if source[k] is None else str(source[k]) for k in ("min_pixels", "max_pixels"))
+            drawn = f", {draws[i]} per epoch" if draws and name == "train" else ""
+            lines += ["  " + line for line in _split_lines(
+                f"data.{name}[{i}]: {source['source']}  (weight {source['weight']:g}{drawn}; min/max_pixels {pixels})",
+                source)]
     return "\n".join(lines)
+
+
+def _split_lines(title: str, s: dict, problems: bool = True) -> list[str]:
+    images = s["images"]
+    lines = [
+        title,
+        f"  rows {s['rows']} -> usable samples {s['samples']}  (bad rows skipped {s['skipped_rows']}, "
+        f"over max_length {s['max_length']}: dropped {s['dropped_too_long']}, truncated {s['truncated']})",
+    ]
+    if s["skipped"]:
+        lines.append("  bad rows by reason: " + ", ".join(f"{k} {v}" for k, v in s["skipped"].items()))
+    lines += [
+        f"  images {images['count']} (padded to the aspect limit: {images['padded_to_aspect_limit']})",
+        f"    width          {_dist(images['width'])}",
+        f"    height         {_dist(images['height'])}",
+        f"    visual tokens  {_dist(images['visual_tokens'])}",
+        f"  sequence length  {_dist(s['sequence_length'])}",
+        f"  trained tokens   {s['trained_tokens']} of {s['kept_tokens']} ({100 * s['trained_token_share']:.1f}%)",
+    ]
+    shown = s["problems"][:20] if problems else []
+    lines += [f"  {problem['where']}: [{problem['reason']}] {problem['message']}" for problem in shown]
+    if problems and len(s["problems"]) > 20:
+        lines.append(f"  ... {len(s['problems']) - 20} more (see --json)")
+    return lines
 
 
 def _runs(labels: list[int]) -> list[tuple[int, int, bool]]:
@@ -101,8 +119,8 @@ def _runs(labels: list[int]) -> list[tuple[int, int, bool]]:
 
 
 def preview_samples(recipe, n: int = 3, split: str = "train", processor=None) -> list[dict]:
-    """The first n usable samples of a split as the model sees them: text (image tokens
-    collapsed to `<token>xN`), decoded trained spans, token counts."""
+    """The first n usable samples of a split (of each source of a mixture) as the model sees
+    them: text (image tokens collapsed to `<token>xN`), decoded trained spans, token counts."""
     processor = processor or load_data_processor(recipe.model)
     path = dict(recipe_splits(recipe)).get(split)
     if path is None:
@@ -121,7 +139,9 @@ def preview_samples(recipe, n: int = 3, split: str = "train", processor=None) ->
                        else processor.decode(list(run), skip_special_tokens=False) for is_feature, run in runs)
 
     items = []
-    for sample, counts in zip(scan.samples[:n], scan.image_tokens):
+    # A mixture shows the first n of each source, each at its own resolution.
+    chosen = [pair for part in scan.parts or [scan] for pair in zip(part.samples[:n], part.image_tokens)]
+    for sample, counts in chosen:
         ids, offsets = tokenize_text(processor, sample.messages, counts)
         labels = answer_labels(processor, sample.messages, counts, ids, offsets, cfg.train_on)
         truncated = len(ids) > cfg.max_length

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmlora.data.images import load_image
-from mmlora.data.samples import Sample
+from mmlora.data.samples import RowError, Sample
 from mmlora.errors import MmloraError
 from mmlora.models.processor import ImageTextProcessor, expand_placeholders, stack_vision
 
@@ -125,7 +125,8 @@ def encode_for_training(processor: ImageTextProcessor, sample: Sample, max_lengt
     a difference means the scan and the processor disagree, which is reported, never trained on.
     """
     images = [load_image(image, sample.source) for image in sample.images]
-    encoded = processor.encode(processor.render(sample.messages), images)
+    # A mixture's source may set its own resolution (Sample.pixel_bounds): resize within it.
+    encoded = processor.at_bounds(sample.pixel_bounds).encode(processor.render(sample.messages), images)
     if expected_counts is not None and list(encoded.image_token_counts) != list(expected_counts):
         raise MmloraError(
             f"{sample.source}: the processor made {encoded.image_token_counts} visual tokens where the "
@@ -136,11 +137,11 @@ def encode_for_training(processor: ImageTextProcessor, sample: Sample, max_lengt
                            encoded.input_ids, encoded.offsets, train_on)
     keep = image_tokens_end(processor, sample.messages, encoded.image_token_counts, encoded.offsets)
     fitted = fit_length(encoded.input_ids, labels, max_length, truncate, keep)
-    if fitted is None:
-        raise MmloraError(
-            f"{sample.source}: sample is {len(encoded.input_ids)} tokens (with visual tokens), more "
+    if fitted is None:  # a RowError, so that data.streaming counts it as a dropped sample
+        raise RowError(
+            "too_long", f"sample is {len(encoded.input_ids)} tokens (with visual tokens), more "
             f"than data.max_length={max_length}, and cannot be cut without cutting an image. Raise "
-            "data.max_length or lower model.max_pixels (the training pre-scan drops such samples)."
+            "data.max_length or lower model.max_pixels (the training pre-scan drops such samples).", sample.source
         )
     input_ids, labels = fitted
     return TrainExample(input_ids, labels, encoded.pixel_values, encoded.image_grid_thw, encoded.vision_inputs)
@@ -201,7 +202,7 @@ def generation_batch(processor: ImageTextProcessor, samples: list[Sample]) -> di
     for sample in samples:
         images = [load_image(image, sample.source) for image in sample.images]
         text = processor.render(prompt_messages(sample), add_generation_prompt=True)
-        encoded.append(processor.encode(text, images))
+        encoded.append(processor.at_bounds(sample.pixel_bounds).encode(text, images))
     batch = _batch(processor, [e.input_ids for e in encoded], "left")
     batch.update(_stack_vision(encoded))
     return batch

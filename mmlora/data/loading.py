@@ -9,12 +9,15 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from mmlora.config.paths import resolve_data_path
+from mmlora.config.sources import HUB_SCHEME, DataSource, recipe_sources
 from mmlora.data.formats import parse_column_map, row_to_samples
+from mmlora.data.hub import load_hub_dataset
 from mmlora.data.images import ImageInfo, inspect_image, resolve_image
 from mmlora.data.rowtext import field_list
 from mmlora.data.samples import RowError, Sample
@@ -44,11 +47,49 @@ def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResu
 
     expand_captions: one sample per caption when data.captions_per_image is `all` (training);
     otherwise one sample per row with every caption as a reference (evaluation).
+    A `DataSource` (one entry of data.train, mmlora/config/sources.py) brings its own format,
+    column_map and pixel bounds; an error in it names the entry.
     """
     if isinstance(source, str):
-        source = resolve_data_path(source)
+        source = recipe_sources(source, "data")[0]
+    if not isinstance(source, DataSource):
+        yield from _iter_rows(source, cfg, expand_captions)
+        return
+    bounds = source.bounds()
+    try:
+        rows = load_hub_dataset(source, cfg.streaming) if source.hub else _local_path(source)
+        for result in _iter_rows(rows, source.data_config(cfg), expand_captions, source.display):
+            for sample in result.samples:
+                sample.pixel_bounds = bounds
+            yield result
+    except MmloraError as err:
+        if isinstance(err, RowError) or str(err).startswith(source.label) or source.label == "data":
+            raise  # already located, or a value given without its recipe key (nothing to add)
+        raise MmloraError(f"{source.label}: {err}") from None
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _local_path(source: DataSource) -> Path:
+    """The path of a local source; one that does not exist but reads as a hub id says how to load that."""
+    path = resolve_data_path(source.path)
+    if not path.exists() and HUB_ID.fullmatch(source.path) and not path.suffix:  # ORG/NAME, not dir/file.jsonl
+        raise MmloraError(f"{source.label}: '{source.path}' does not exist here. For the hub dataset of that "
+                          f"name write {HUB_SCHEME}{source.path} (optionally :CONFIG and @SPLIT); for a local "
+                          "file or folder, check the path.")
+    return path
+
+
+def iter_split(value, cfg, expand_captions: bool = False, where: str = "data") -> Iterator[RowResult]:
+    """`iter_samples` over every source of a data.train / data.eval value (`where` names it), in order."""
+    for source in recipe_sources(value, where) or [value]:
+        yield from iter_samples(source, cfg, expand_captions)
+
+
+def _iter_rows(source, cfg, expand_captions: bool, name: str = "dataset") -> Iterator[RowResult]:
     column_map = parse_column_map(cfg.column_map)  # a recipe mistake before any file is read
-    opened = open_source(source, image_root(cfg))
+    opened = open_source(source, image_root(cfg), name)
     if opened.columns is not None:
         check_mapped_columns(opened.name, column_map, opened.columns)
     seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
@@ -108,7 +149,7 @@ def _image_key(ref):
 
 
 def load_samples(path, cfg, task: str | None = None, expand_captions: bool = False,
-                 check_images: bool = True) -> list[Sample]:
+                 check_images: bool = True, where: str = "data") -> list[Sample]:
     """Every usable sample of a dataset (one per row unless expand_captions), its images
     checked as data.image_check says (the token-length checks of training are in scan.py).
 
@@ -117,7 +158,7 @@ def load_samples(path, cfg, task: str | None = None, expand_captions: bool = Fal
     """
     samples, skipped = [], collections.Counter()
     check = ImageChecker(decode=cfg.image_check == "decode")
-    for result in iter_samples(path, cfg, expand_captions):
+    for result in iter_split(path, cfg, expand_captions, where):
         if result.problem is None and check_images:
             try:
                 for sample in result.samples:

@@ -66,6 +66,10 @@ class Sample:
     """All acceptable answers / captions, for evaluation."""
     answer_options: list[str] = field(default_factory=list)
     """Captions to draw the final answer from, one per epoch (data.captions_per_image=random)."""
+    pixel_bounds: tuple[int | None, int | None] | None = None
+    """(min_pixels, max_pixels) of the data source this sample came from (a mixture entry's own
+    bounds; a None side, or None: model.min_pixels / max_pixels). Training, data check/preview and eval resize
+    the sample's images within them (ImageTextProcessor.at_bounds)."""
 
     def row(self) -> dict:
         """The internal row `{"images": [...], "messages": [...]}`."""
@@ -76,7 +80,7 @@ class Sample:
         messages = [dict(m) for m in self.messages]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         messages[last] = assistant_turn(text)
-        return Sample(self.images, messages, self.source, self.references)
+        return Sample(self.images, messages, self.source, self.references, pixel_bounds=self.pixel_bounds)
 
 
 def text_part(text: str) -> dict:

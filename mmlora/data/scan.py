@@ -18,7 +18,10 @@ from mmlora.data.collate import (
     IGNORE_INDEX, answer_labels, encode_for_training, fit_length, image_tokens_end, tokenize_text,
 )
 from mmlora.data.images import ImageInfo
+from mmlora.config.sources import DataSource, recipe_sources
 from mmlora.data.loading import ImageChecker, iter_samples
+from mmlora.data.mixture import combine_scans, epoch_order
+from mmlora.data.streaming import StreamingDataset
 from mmlora.data.samples import REASONS, RowError, Sample
 from mmlora.errors import MmloraError
 
@@ -87,6 +90,10 @@ class SplitScan:
     padded_images: int = 0
     kept_tokens: int = 0
     trained_tokens: int = 0
+    data_source: DataSource | None = None
+    """The recipe entry scanned (its weight and pixel bounds), when the split names one."""
+    parts: list["SplitScan"] = field(default_factory=list)
+    """A mixture's per-source scans, in order (mmlora/data/mixture.py); empty for one source."""
 
     def skipped(self) -> dict[str, int]:
         """Bad rows by reason."""
@@ -105,11 +112,24 @@ def _measure(processor, sample: Sample, counts: list[int], cfg) -> tuple[int, li
 def scan_split(source, cfg, processor, name: str = "train", expand_captions: bool = True,
                progress: bool = True, limit: int | None = None) -> SplitScan:
     """Check every row of `source` (see module docstring); never raises for a bad row.
-    `limit`: stop once that many usable samples were found (for previews)."""
+    `limit`: stop once that many usable samples were found (for previews; per source of a mixture).
+    A mixture (data.train as a list) is scanned source by source, each at its own pixel bounds."""
+    sources = recipe_sources(source, f"data.{name}")
+    if sources is not None and len(sources) > 1:
+        parts = [_scan_source(s, cfg, processor, name, expand_captions, progress, limit) for s in sources]
+        return combine_scans(SplitScan(name, f"a mixture of {len(sources)} sources", cfg.max_length), parts)
+    return _scan_source(sources[0] if sources else source, cfg, processor, name, expand_captions, progress, limit)
+
+
+def _scan_source(source, cfg, processor, name: str, expand_captions: bool, progress: bool,
+                 limit: int | None) -> SplitScan:
     from tqdm.auto import tqdm
 
-    scan = SplitScan(name, str(source), cfg.max_length)
-    count_tokens, inspect = VisualTokenCounter(processor), ImageChecker(decode=cfg.image_check == "decode")
+    entry = source if isinstance(source, DataSource) else None
+    scan = SplitScan(name, entry.display if entry else str(source), cfg.max_length, data_source=entry)
+    # Visual tokens at the source's own resolution (Sample.pixel_bounds), as training encodes them.
+    bounded = processor.at_bounds(entry.bounds() if entry else None)
+    count_tokens, inspect = VisualTokenCounter(bounded), ImageChecker(decode=cfg.image_check == "decode")
     rows = iter_samples(source, cfg, expand_captions)
     for result in tqdm(rows, desc=f"checking {name} data", unit=" rows", disable=None if progress else True):  # None: no bar off a terminal
         scan.rows += 1
@@ -162,7 +182,10 @@ def _add_sample(scan: SplitScan, processor, cfg, sample: Sample, infos: list[Ima
 
 
 def enforce_on_error(scan: SplitScan, on_error: str) -> None:
-    """Stop before training when rows are bad and data.on_error=raise, or nothing is usable."""
+    """Stop before training when rows are bad and data.on_error=raise, or nothing is usable
+    (in a mixture: in any one source, named)."""
+    for part in scan.parts:
+        enforce_on_error(part, on_error)
     if scan.problems and on_error == "raise":
         first, more = scan.problems[0], len(scan.problems) - 1
         others = f" (and {more} more bad row(s): {reason_counts(scan.skipped())})" if more else ""
@@ -171,7 +194,8 @@ def enforce_on_error(scan: SplitScan, on_error: str) -> None:
             "`mmlora data check RECIPE` lists them all."
         )
     if not scan.samples:
-        raise MmloraError(f"{scan.source}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
+        named = f"{scan.data_source.label} ({scan.source})" if scan.data_source else scan.source
+        raise MmloraError(f"{named}: no usable samples ({scan.rows} rows; bad: {reason_counts(scan.skipped())}; "
                           f"over data.max_length={scan.max_length}: {len(scan.too_long)}). {next_step(scan)}")
 
 
@@ -194,8 +218,11 @@ def next_step(scan: SplitScan) -> str:
 
 
 def summary_line(scan: SplitScan) -> str:
-    """One line for the training log: rows, samples, and what was skipped or cut."""
-    parts = [f"{scan.name} data: {scan.rows} rows -> {len(scan.samples)} samples"]
+    """One line for the training log: rows, samples, and what was skipped or cut (a mixture's
+    source: named by its recipe entry)."""
+    named = f"{scan.data_source.label} ({scan.source})" if scan.data_source and not scan.parts and \
+        scan.data_source.label.endswith("]") else f"{scan.name} data"
+    parts = [f"{named}: {scan.rows} rows -> {len(scan.samples)} samples"]
     if scan.problems:
         reasons = ", ".join(f"{reason} {n}" for reason, n in scan.skipped().items())
         parts.append(f"skipped {len(scan.problems)} bad rows ({reasons})")
@@ -224,27 +251,44 @@ def scan_report(scan: SplitScan) -> dict:
         "max_length": scan.max_length,
         "reasons": {reason: REASONS[reason] for reason in scan.skipped()},
         "problems": problem_list(scan.problems + scan.too_long),
+        **({"sources": [source_report(part, scan_report) for part in scan.parts]} if scan.parts else {}),
     }
+
+
+def source_report(part: SplitScan, report) -> dict:
+    """`report(part)` of one source of a mixture, with its weight and its own pixel bounds."""
+    entry = part.data_source
+    return {**report(part), "weight": entry.weight, "min_pixels": entry.min_pixels, "max_pixels": entry.max_pixels}
 
 
 class TrainingDataset:
     """Scanned samples, encoded on access (so image decoding runs in DataLoader workers)."""
 
-    def __init__(self, scan: SplitScan, processor, cfg, seed: int):
+    def __init__(self, scan: SplitScan, processor, cfg, seed: int, weighted: bool = True):
         self.samples, self.counts = scan.samples, scan.image_tokens
         self.processor, self.cfg, self.seed, self.epoch = processor, cfg, seed, 0
+        # A mixture (weighted=True: training) draws each epoch's samples by source weight.
+        self.mixture = ([len(p.samples) for p in scan.parts], [p.data_source.weight for p in scan.parts]) \
+            if weighted and scan.parts else None
+        self.order = epoch_order(*self.mixture, seed, 0) if self.mixture else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by accelerate's data loader (and EpochCallback): reseeds caption draws."""
+        """Called by accelerate's data loader (and EpochCallback): reseeds caption draws and a
+        mixture's weighted draw (mmlora/data/mixture.py)."""
         self.epoch = int(epoch)
+        if self.mixture:
+            self.order = epoch_order(*self.mixture, self.seed, self.epoch)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, position: int):
+        # A mixture's epoch maps positions to samples; the caption draw follows the position, so a
+        # sample drawn twice in one epoch may get two captions.
+        index = self.order[position] if self.order is not None else position
         sample = self.samples[index]
         if sample.answer_options:
-            draw = random.Random(f"{self.seed}:{self.epoch}:{index}")
+            draw = random.Random(f"{self.seed}:{self.epoch}:{position}")
             sample = sample.with_final_answer(draw.choice(sample.answer_options))
         return encode_for_training(self.processor, sample, self.cfg.max_length, self.cfg.train_on,
                                    self.cfg.too_long == "truncate", self.counts[index])
@@ -274,8 +318,9 @@ def load_data_processor(model_cfg):
 
 @dataclass
 class TrainingData:
-    dataset: TrainingDataset
+    dataset: "TrainingDataset | StreamingDataset"
     scan: SplitScan
+    """The train split's pre-scan (empty with data.streaming)."""
     callbacks: list
     eval_scan: SplitScan | None = None
     """data.eval, pre-scanned like train (one sample per row): its usable samples are what the
@@ -305,19 +350,25 @@ def prepare_training_data(recipe, processor=None, report_dir: Path | None = None
     import json
 
     processor = processor or load_data_processor(recipe.model)
-    scan = scan_split(recipe.data.train, recipe.data, processor, "train")
-    enforce_on_error(scan, recipe.data.on_error)
+    if recipe.data.streaming:  # nothing of data.train is read before training (mmlora/data/streaming.py)
+        scan = SplitScan("train", "streamed: checked as training reaches each row", recipe.data.max_length)
+    else:
+        scan = scan_split(recipe.data.train, recipe.data, processor, "train")
+        enforce_on_error(scan, recipe.data.on_error)
     eval_scan = None
     if recipe.data.eval:
         eval_scan = scan_split(recipe.data.eval, recipe.data, processor, "eval", expand_captions=False)
         enforce_on_error(eval_scan, recipe.data.on_error)
     if report_dir is not None:  # only the main process reports (see mmlora/training/train.py)
-        print(summary_line(scan))
-        if eval_scan is not None:
-            print(summary_line(eval_scan))
+        for split in (scan, eval_scan):
+            for part in ([split] + split.parts if split is not None else []):
+                streamed = recipe.data.streaming and part is scan
+                print("train data: streamed (data.streaming), each row checked when training reaches it; skips "
+                      "are logged as they come" if streamed else ("  " if part is not split else "") + summary_line(part))
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "data_report.json").write_text(json.dumps(run_report(scan, eval_scan), indent=2) + "\n")
-    dataset = TrainingDataset(scan, processor, recipe.data, recipe.train.seed)
+    dataset = StreamingDataset(recipe.data.train, processor, recipe.data, recipe.train.seed) if recipe.data.streaming \
+        else TrainingDataset(scan, processor, recipe.data, recipe.train.seed)
     eval_dataset = eval_loss_dataset(eval_scan, processor, recipe.data) if eval_scan is not None else None
     return TrainingData(dataset, scan, [epoch_callback(dataset)], eval_scan, eval_dataset)
 
@@ -326,6 +377,6 @@ def eval_loss_dataset(eval_scan: SplitScan, processor, cfg) -> TrainingDataset:
     """The eval-loss dataset: scanned eval samples, encoded as training encodes them (same
     max_length, truncation and train_on), each with one fixed answer (the first caption that
     fits), so the eval loss is comparable from one evaluation to the next."""
-    dataset = TrainingDataset(eval_scan, processor, cfg, seed=0)
+    dataset = TrainingDataset(eval_scan, processor, cfg, seed=0, weighted=False)
     dataset.samples = [s.with_final_answer(s.answer_options[0]) if s.answer_options else s for s in eval_scan.samples]
     return dataset

@@ -37,14 +37,16 @@ class Source:
     """Columns every row has (CSV header, Parquet/Arrow schema), None when rows may differ (JSON)."""
 
 
-def open_source(source, image_root: Path | None = None) -> Source:
-    """Rows from a file or folder path, a `datasets.Dataset`, or a list of row dicts."""
+def open_source(source, image_root: Path | None = None, name: str = "dataset") -> Source:
+    """Rows from a file or folder path, a `datasets.Dataset` / `IterableDataset` (named `name`
+    in messages), or a list of row dicts."""
     if isinstance(source, list):
         rows = ((f"row {i}", r) for i, r in enumerate(source, 1))
         return Source("rows", image_root or Path.cwd(), rows, confined=image_root is not None)
-    if not isinstance(source, (str, Path)):  # a datasets.Dataset in memory
-        return Source("dataset", image_root or Path.cwd(), _arrow_rows(source, "dataset"), image_root is not None,
-                      list(source.column_names))
+    if not isinstance(source, (str, Path)):  # a datasets.Dataset in memory, or a streamed one
+        columns = source.column_names  # None for a streamed set whose features are not known yet
+        return Source(name, image_root or Path.cwd(), _arrow_rows(source, name), image_root is not None,
+                      list(columns) if columns is not None else None)
     path = Path(source)
     problem = not_a_file(path)
     if problem == "is a folder, not a file":

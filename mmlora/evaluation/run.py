@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from mmlora.config.schema import Recipe
+from mmlora.config.sources import describe_data
 from mmlora.data.loading import load_samples
 from mmlora.data.samples import Sample
 from mmlora.errors import MmloraError
@@ -123,7 +124,7 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
     if adapter_dir is None and compare_base:
         raise MmloraError(f"--compare-base needs an adapter: pass --adapter DIR, or train first so "
                           f"{recipe.train.output_dir} holds one.")
-    samples = load_samples(data_file, recipe.data, recipe.task)
+    samples = load_samples(data_file, recipe.data, recipe.task, where=f"data.{split}" if split in SPLITS else "--split")
     limit = limit if limit is not None else recipe.eval.limit
     if limit is not None:
         if limit <= 0:
@@ -151,7 +152,7 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
         # Merged into the base weights (base predictions are done): generation at base speed.
         tuned = load_adapter(loaded.model, adapter_dir).merge_and_unload()
         runs.append(generate_run(FINE_TUNED, str(adapter_dir), tuned, loaded.processor, samples, recipe, references))
-    report = EvalReport(recipe.task, split, str(data_file), items, runs, str(adapter_dir) if adapter_dir else None,
+    report = EvalReport(recipe.task, split, describe_data(data_file), items, runs, str(adapter_dir) if adapter_dir else None,
                         recipe.eval.vqa_normalization)
     write_outputs(report, out, recipe)
     return report, out

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from mmlora.config.schema import Recipe
+from mmlora.config.sources import data_sources, resolve_bounds
 from mmlora.models.lora import (
     ParameterCount, apply_lora, count_parameters, format_adapted_modules, format_parameter_table,
 )
@@ -34,6 +35,8 @@ class Plan:
     source_note: str = "config only, no weights read"
     base_parameters: int = 0
     """Parameters of the checkpoint itself, before LoRA (tied weights once, as safetensors stores them)."""
+    source_tokens: list = field(default_factory=list)
+    """Visual tokens per image of each data source with its own min/max_pixels (`source_token_tables`)."""
 
     def count(self, component: str) -> ParameterCount:
         return next(c for c in self.counts if c.component == component)
@@ -116,9 +119,27 @@ def make_plan(recipe: Recipe) -> Plan:
             doubled = recipe.lora.init in ("pissa", "olora") and (".lora_A." in name or ".lora_B." in name)
             adapter_bytes += param.numel() * param.element_size() * (2 if doubled else 1)
     visual, note = visual_token_table(recipe, family, config, resolved.source)
-    return Plan(recipe.model.name, family.name, count_parameters(model, family), model.mmlora_adapted,
+    plan = Plan(recipe.model.name, family.name, count_parameters(model, family), model.mmlora_adapted,
                 adapter_bytes, _weights_bytes(model, model.mmlora_adapted, recipe.model.quantization),
                 visual, note, describe_source(resolved, recipe.model), base_parameters)
+    plan.source_tokens = source_token_tables(recipe, family, config, resolved.source)
+    return plan
+
+
+def source_token_tables(recipe: Recipe, family, config, source) -> list[tuple[str, tuple[int, int], list]]:
+    """(entry, its bounds, visual-token table) for each data source with its own min/max_pixels."""
+    tables = []
+    for split in ("train", "eval"):
+        value = getattr(recipe.data, split)
+        for entry in (data_sources(value, f"data.{split}") if value else []):
+            if entry.bounds() is None:
+                continue
+            low, high = resolve_bounds(entry.bounds(), (recipe.model.min_pixels, recipe.model.max_pixels))
+            at_bounds = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, min_pixels=low,
+                                                                              max_pixels=high))
+            tables.append((f"{entry.label}: {entry.display}", (low, high),
+                           visual_token_table(at_bounds, family, config, source)[0]))
+    return tables
 
 
 def _size(n: float) -> str:
@@ -146,6 +167,9 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
     lines += [f"  {label:<24} {tokens:>6}" for label, tokens in plan.visual_tokens]
     if plan.visual_note:
         lines.append(f"  ({plan.visual_note})")
+    for label, (low, high), table in plan.source_tokens:
+        lines.append(f"visual tokens per image of {label} (its min_pixels={low}, max_pixels={high}):")
+        lines += [f"  {row:<24} {tokens:>6}" for row, tokens in table]
     lines.append(memory_section(recipe, plan))
     return "\n".join(lines)
 
@@ -154,7 +178,9 @@ def memory_section(recipe: Recipe, plan: Plan) -> str:
     """Peak GPU memory per device at the recipe's batch and max_length, without and with
     gradient checkpointing (mmlora/models/memory.py)."""
 
-    visual = next((n for label, n in plan.visual_tokens if "max_pixels" in label), 0)
+    # The most visual tokens one image can take: at model.max_pixels or a data source's larger own.
+    visual = max(n for rows in [plan.visual_tokens] + [t for _, _, t in plan.source_tokens]
+                 for label, n in rows if "max_pixels" in label) if plan.visual_tokens else 0
     model, family = meta_lora_model(recipe, _dtype(recipe))
     estimates = [estimate_memory(recipe, visual_tokens=visual, gradient_checkpointing=ckpt, model=model)
                  for ckpt in (False, True)]

@@ -12,6 +12,7 @@ processors where those can be built here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from mmlora.config.sources import resolve_bounds
 from mmlora.errors import MmloraError
 from mmlora.models.families import Family
 from mmlora.models.plaintext import PlainText, Tokenized
@@ -106,6 +108,30 @@ class ImageTextProcessor:
     record: dict | None = None
     """Base model, family and pixel bounds this processor was loaded with, written to
     mmlora.json by save_pretrained (set by modeling.load_model_and_processor)."""
+    image_source: tuple[str, dict] | None = None
+    """(source, hub kwargs) the image processor was read from: `at_bounds` reads it again."""
+    pixel_bounds: tuple[int, int] | None = None
+    """(min_pixels, max_pixels) the image processor was built with."""
+    _bounded: dict = field(default_factory=dict, repr=False)
+
+    def at_bounds(self, bounds: tuple[int | None, int | None] | None) -> "ImageTextProcessor":
+        """This processor with images resized within `bounds` (a data source's own min/max_pixels;
+        a None side keeps this processor's): the image processor is loaded again from its source
+        with those bounds, exactly as `load_processor` loads it, once per distinct bounds."""
+        if bounds is None:
+            return self
+        if self.pixel_bounds is None or self.image_source is None:
+            raise MmloraError(f"A data source asks for min/max_pixels {bounds[0]}/{bounds[1]}, but this processor "
+                              "was not loaded from model files (load_processor), so it cannot be rebuilt at them.")
+        wanted = resolve_bounds(bounds, self.pixel_bounds)
+        if wanted == self.pixel_bounds:
+            return self
+        if wanted not in self._bounded:
+            source, hub_kwargs = self.image_source
+            image_processor = load_image_processor(source, self.family, *wanted, **hub_kwargs)
+            self._bounded[wanted] = dataclasses.replace(self, image_processor=image_processor, pixel_bounds=wanted,
+                                                        _bounded={})
+        return self._bounded[wanted]
 
     @property
     def image_token_id(self) -> int:
@@ -309,5 +335,6 @@ def load_processor(
     tokenizer.padding_side = "right"
     return ImageTextProcessor(
         tokenizer, image_processor, template, family, full_processor=full, model_config=model_config,
-        processor_config=_read_processor_config(source),
+        processor_config=_read_processor_config(source), image_source=(source, hub_kwargs),
+        pixel_bounds=(min_pixels, max_pixels),
     )

@@ -74,10 +74,26 @@ def check_quantization(recipe: Recipe) -> None:
                           "weights on the GPU and none is visible. On CPU use model.quantization=none.")
 
 
+def check_fsdp_device() -> None:
+    """Under `accelerate launch --config_file recipes/accelerate/fsdp.yaml` (ACCELERATE_USE_FSDP),
+    a GPU must be visible: accelerate 1.15 shards only on GPU-type backends, and on CPU it would
+    either stop with a traceback (fsdp_sync_module_states) or quietly run plain DDP."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    import torch  # only reached under an FSDP launch
+
+    if not torch.cuda.is_available():
+        raise MmloraError("The FSDP config (ACCELERATE_USE_FSDP=true) needs GPUs and none is visible: accelerate "
+                          "runs FSDP on GPU backends only. On CPU launch with recipes/accelerate/ddp.yaml or torchrun.")
+
+
 def check_before_training(recipe: Recipe) -> None:
     """Everything about a recipe that can be refused without loading data or weights."""
     check_report_to(recipe.train.report_to)
     check_quantization(recipe)
+    check_fsdp_device()
     if recipe.train.liger and not _installed("liger_kernel"):
         raise MmloraError("train.liger=true needs the liger-kernel package (`pip install liger-kernel`) and a "
                           "CUDA GPU; set train.liger=false otherwise.")

@@ -109,6 +109,9 @@ def training_arguments(recipe: Recipe, device: str):
         save_total_limit=t.save_total_limit,
         # On a CPU-only run this also makes torchrun/accelerate multi-process runs use gloo DDP.
         use_cpu=device == "cpu",
+        # data.streaming: each rank reads the stream and keeps its share of every batch; dispatching
+        # would slice pixel_values (one row per patch, not per sample) as if they were samples.
+        accelerator_config={"dispatch_batches": False} if recipe.data.streaming else None,
         disable_tqdm=not progress_bars_wanted(),  # bars on a terminal only (mmlora/training/console.py)
         **evaluation_arguments(recipe),  # eval loss interval, report_to (mmlora/training/eval_callback.py)
     )

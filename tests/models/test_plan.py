@@ -81,3 +81,32 @@ def test_plan_cli_prints_the_table():
     assert result.returncode == 0, result.stderr
     for text in ("family paligemma", "trainable", "adapter on disk", "visual tokens per image"):
         assert text in result.stdout
+
+
+def test_plan_shows_visual_tokens_of_each_source_with_its_own_bounds(monkeypatch):
+    """A mixture source's min/max_pixels: its own table, as the image processor resizes at those
+    bounds; the memory estimate takes the largest per-image count of all."""
+    from PIL import Image
+
+    from mmlora.data.scan import load_data_processor
+    from mmlora.models import plan as plan_module
+
+    train = "[{path: asset://demo/vqa_train.jsonl, max_pixels: 3136}, {path: x.jsonl, min_pixels: 200704, max_pixels: 401408}]"
+    recipe = load_recipe("tiny_vqa", [f"data.train={train}"])
+    plan = make_plan(recipe)
+    assert [(label, bounds) for label, bounds, _ in plan.source_tokens] == [
+        ("data.train[0]: asset://demo/vqa_train.jsonl", (3136, 3136)), ("data.train[1]: x.jsonl", (200704, 401408))]
+    image_processor = load_data_processor(recipe.model).image_processor
+    for _, (low, high), table in plan.source_tokens:
+        for label, tokens in table:
+            size = tuple(int(n) for n in label.split()[0].split("x"))
+            grid = image_processor(images=[Image.new("RGB", size)], return_tensors="pt",
+                                   size={"shortest_edge": low, "longest_edge": high})["image_grid_thw"]
+            assert tokens == int(grid.prod()) // 4, (label, low, high)  # 2x2 patches merge into one token
+    assert dict(plan.source_tokens[1][2])["633x633 (max_pixels)"] == 484  # 22x22 merged tokens
+    seen = []  # the visual tokens per image the memory estimate is made with
+    real = plan_module.estimate_memory
+    monkeypatch.setattr(plan_module, "estimate_memory", lambda *a, **k: seen.append(k["visual_tokens"]) or real(*a, **k))
+    text = format_plan(plan, recipe)
+    assert "visual tokens per image of data.train[1]: x.jsonl (its min_pixels=200704, max_pixels=401408):" in text
+    assert seen[0] == 484 > dict(plan.visual_tokens)["224x224 (max_pixels)"] == 64

@@ -210,3 +210,39 @@ def test_a_full_processor_that_fails_to_build_falls_back_to_image_only(monkeypat
     assert "full processor unavailable" in caplog.text and "needs num2words" in caplog.text
     encoded = processor.encode(processor.render(_messages(1)), [Image.new("RGB", (112, 168))])
     assert encoded.image_grid_thw.tolist() == [[1, 12, 8]]
+
+
+@needs_torchvision
+def test_mixture_sources_reach_the_real_processor_at_their_own_bounds(tmp_path):
+    """data.train as a mixture whose sources set their own min/max_pixels: every training example
+    equals the real Qwen2VLProcessor's output at that source's bounds, token and pixel for pixel."""
+    import json
+
+    from transformers import AutoProcessor
+
+    from mmlora.config.loading import recipe_from_dict
+    from mmlora.data.scan import TrainingDataset, load_data_processor, scan_split
+    from mmlora.models.tiny import tiny_dir
+
+    rng = random.Random(3)
+    sources, bounds = [], [(28 * 28, 6 * 28 * 28), (96 * 28 * 28, 200 * 28 * 28), (None, 9 * 28 * 28)]
+    for k, (low, high) in enumerate(bounds):
+        _images([(rng.randint(60, 500), rng.randint(60, 500))], rng)[0].save(tmp_path / f"{k}.png")
+        rows = [{"image": f"{k}.png", "question": "What is it?", "answer": f"source {k}"}] * 2
+        (tmp_path / f"{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sources.append({"path": str(tmp_path / f"{k}.jsonl"), "min_pixels": low, "max_pixels": high})
+    recipe = recipe_from_dict({"model": {"name": "tiny/qwen2-vl", "max_pixels": 224 * 224},
+                               "data": {"train": sources, "max_length": 4096}})
+    processor = load_data_processor(recipe.model)
+    scan = scan_split(recipe.data.train, recipe.data, processor, "train", progress=False)
+    dataset = TrainingDataset(scan, processor, recipe.data, seed=0)
+    peer = AutoProcessor.from_pretrained(tiny_dir("tiny/qwen2-vl"))
+    for position in range(len(dataset)):
+        example, sample = dataset[position], scan.samples[dataset.order[position]]
+        k = int(sample.messages[-1]["content"][0]["text"].split()[-1])
+        low, high = bounds[k][0] or recipe.model.min_pixels, bounds[k][1]
+        expected = peer(text=[processor.render(sample.messages)], images=[Image.open(sample.images[0])],
+                        return_tensors="pt", size={"shortest_edge": low, "longest_edge": high})
+        assert example.input_ids == expected["input_ids"][0].tolist()
+        assert torch.equal(example.image_grid_thw, expected["image_grid_thw"])
+        assert torch.equal(example.pixel_values, expected["pixel_values"])
