@@ -16,6 +16,7 @@ from pathlib import Path
 from mmlora.cli_checks import check_gpu_ids, check_infer_args, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
+from mmlora.inference.serve_cli import register as register_serve
 
 EPILOG = """examples:
   mmlora demo                                   offline tiny-model demo (CPU, ~2 min)
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="destination directory")
     p.add_argument("--model-id", default="tiny/qwen2-vl")
     p.set_defaults(func=cmd_tiny)
+    register_serve(sub)
     return parser
 
 
