@@ -1,0 +1,202 @@
+"""`mmlora serve` (transformers backend): a real uvicorn server on a free local port, asked with
+the real `openai` client; answers equal `mmlora infer`'s, streams join to the same text, errors
+come in OpenAI's shape, concurrent requests are batched and answered as alone."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from mmlora.cli import main  # noqa: E402
+from mmlora.config.paths import assets_dir  # noqa: E402
+from mmlora.inference.engine import GenerationSettings, InferenceEngine, Request, Turn  # noqa: E402
+from mmlora.inference.server_app import build_app  # noqa: E402
+from mmlora.models.loading import save_tiny_model  # noqa: E402
+
+IMAGES = assets_dir() / "demo" / "images"
+TRAINED_MAX_PIXELS = 112 * 112
+SERVED = "my-tiny"
+
+
+def data_url(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def ask(text: str, image=None) -> list[dict]:
+    content = ([{"type": "image_url", "image_url": {"url": data_url(image)}}] if image else [])
+    return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A saved tiny Qwen2-VL whose mmlora.json records trained bounds (as a merged model does)."""
+    folder = save_tiny_model("tiny/qwen2-vl", tmp_path_factory.mktemp("served") / "model")
+    (folder / "mmlora.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": TRAINED_MAX_PIXELS}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """(base URL, app) of a uvicorn server on a free port, serving the folder as `mmlora serve` does."""
+    engine = InferenceEngine.load(model=str(model_dir), device="cpu")
+    app = build_app(engine, SERVED, ui=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not runner.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    runner.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0)
+
+
+def infer_cli(model_dir, image, prompt: str, max_new_tokens: int) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["infer", "--model", str(model_dir), "--image", str(image), "--prompt", prompt,
+                     "--max-new-tokens", str(max_new_tokens)]) == 0
+    return out.getvalue().rstrip("\n")
+
+
+def test_answers_equal_mmlora_infer_and_streams_join_to_them(server, client, model_dir):
+    app = server[1]
+    assert app.state.batcher.engine.processor.image_processor.size["longest_edge"] == TRAINED_MAX_PIXELS
+    assert [m.id for m in client.models.list().data] == [SERVED]
+    image = IMAGES / "blue_circle_black_112x168.png"  # above the trained bounds: resized as trained
+    prompt = "What color is the shape?"
+    expected = infer_cli(model_dir, image, prompt, 24)
+    assert expected
+
+    reply = client.chat.completions.create(model=SERVED, messages=ask(prompt, image), max_tokens=24)
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].message.role == "assistant" and reply.object == "chat.completion"
+
+    chunks = list(client.chat.completions.create(model=SERVED, messages=ask(prompt, image), max_tokens=24,
+                                                 stream=True))
+    texts = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(texts) > 1 and "".join(texts) == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+    with urllib.request.urlopen(urllib.request.Request(  # the raw stream ends with [DONE]
+            f"{server[0]}/v1/chat/completions", json.dumps(
+                {"model": SERVED, "messages": ask(prompt, image), "max_tokens": 4, "stream": True}).encode(),
+            {"Content-Type": "application/json"})) as response:
+        events = [line for line in response.read().decode().split("\n\n") if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1])
+
+
+def test_system_message_and_earlier_turns_reach_the_model(server, client):
+    engine = server[1].state.batcher.engine
+    first, second = IMAGES / "blue_circle_gray_112x112.png", IMAGES / "blue_circle_black_140x112.png"
+    messages = [
+        {"role": "system", "content": "Answer in one word."},
+        *ask("What shape is it?", first),
+        {"role": "assistant", "content": "A circle."},
+        {"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image_url",
+                                     "image_url": {"url": data_url(second)}}, {"type": "text", "text": "with it."}]},
+    ]
+    reply = client.chat.completions.create(model=SERVED, messages=messages, max_tokens=6)
+    reference = Request("Compare<image>with it.", [second], system="Answer in one word.",
+                        history=[Turn("user", "<image>What shape is it?", [first]), Turn("assistant", "A circle.")])
+    expected = engine.answer([reference], GenerationSettings(max_new_tokens=6))[0]
+    assert reply.choices[0].message.content == expected
+
+
+def test_concurrent_requests_are_answered_as_alone(client, server):
+    questions = [(f"What color is the {what}?", IMAGES / name) for what, name in [
+        ("shape", "blue_circle_black_112x112.png"), ("background", "blue_circle_gray_112x168.png"),
+        ("circle", "blue_circle_black_140x112.png"), ("picture", "blue_circle_gray_112x112.png")]]
+
+    def one(question):
+        reply = client.chat.completions.create(model=SERVED, messages=ask(*question), max_tokens=6)
+        return reply.choices[0].message.content
+
+    alone = [one(q) for q in questions]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(one, questions))
+    assert together == alone
+
+
+def test_the_batcher_answers_waiting_requests_in_one_batch(server):
+    batcher = server[1].state.batcher
+    engine = batcher.engine
+    requests = [Request(f"Question {i}: what color?", [IMAGES / "blue_circle_black_112x112.png"]) for i in range(4)]
+    settings = GenerationSettings(max_new_tokens=5)
+    alone = [engine.answer([r], settings)[0] for r in requests]
+    before = len(batcher.batch_sizes)
+    with engine._lock:  # the model is busy: the four requests wait together
+        futures = [batcher.submit(r, settings) for r in requests]
+    assert [f.result(timeout=120) for f in futures] == alone
+    assert max(batcher.batch_sizes[before:]) > 1 and sum(batcher.batch_sizes[before:]) == 4
+
+
+def post(server, body, path="/v1/chat/completions") -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(server[0] + path, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize(("body", "status", "param", "message"), [
+    ({"model": "other", "messages": ask("Hi")}, 404, "model", "The model 'other' does not exist"),
+    ({"messages": ask("Hi") + [{"role": "assistant", "content": "Hello"}]}, 400, "messages", "the last message must be a user"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/hostname"}}]}]},
+     400, "messages", "must be a data URL"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]},
+     400, "messages", "image URLs are not fetched by this server"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]},
+     400, "messages", "not valid base64"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                                                   + base64.b64encode(b"not a png").decode()}}]}]},
+     400, "messages", "not an image file"),
+    ({"messages": ask("Hi"), "stop": ["\n"]}, 400, "stop", "'stop' is not supported"),
+    ({"messages": ask("Hi"), "n": 2}, 400, "n", "'n' must be 1"),
+    ({"messages": ask("Hi"), "temperature": 5}, 400, "temperature", "'temperature' must be a number between 0"),
+    ({"messages": ask("<image> and <image>")}, 400, "messages", "2 <image> marker(s) but there are 0 image(s)"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "messages", "role must be system, user or assistant"),
+    (b"{not json", 400, None, "not valid JSON"),
+])
+def test_errors_answer_in_openai_shape(server, body, status, param, message):
+    code, answer = post(server, body)
+    assert code == status, answer
+    assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "param", "code"}
+    assert answer["error"]["param"] == param and message in answer["error"]["message"], answer
+    assert answer["error"]["type"] == "invalid_request_error"
+
+
+def test_client_raises_the_matching_openai_errors(client, server):
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="other", messages=ask("Hi"))
+    with pytest.raises(openai.BadRequestError, match="must be a data URL"):
+        client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}]}])
+    code, answer = post(server, {}, "/v1/nothing-here")
+    assert code == 404 and answer["error"]["type"] == "not_found_error"
