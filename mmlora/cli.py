@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
 
-from mmlora.cli_checks import check_gpu_ids, check_infer_args, collect_overrides
+from mmlora.cli_checks import apply_gpu_selection, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
+from mmlora.inference.chat import register as register_chat
+from mmlora.inference.infer import register as register_infer
 from mmlora.inference.serve_cli import register as register_serve
 
 EPILOG = """examples:
@@ -51,26 +52,6 @@ def cmd_train(args) -> int:
         print(interrupted_message(result, args.recipe, args.overrides), file=sys.stderr)
         return 128 + result.interrupted_by  # 130 for Ctrl-C, 143 for SIGTERM: stopped, resumable
     return 0  # the training summary (mmlora/training/console.py) said where the adapter is
-
-
-def apply_gpu_selection(gpu: str | None) -> None:
-    """`--gpu 0,1` -> CUDA_VISIBLE_DEVICES, before torch is imported; without it, keep the env."""
-    if gpu is None:
-        return
-    check_gpu_ids(gpu)
-    if "torch" in sys.modules:
-        raise MmloraError("--gpu must be applied before torch is imported (internal ordering bug).")
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-
-
-def cmd_infer(args) -> int:
-    check_infer_args(args)
-    apply_gpu_selection(args.gpu)
-    from mmlora.inference.infer import answer_one
-
-    print(answer_one(args.model, args.adapter, args.image, args.prompt, args.max_new_tokens,
-                     args.min_pixels, args.max_pixels))
-    return 0
 
 
 def cmd_recipes(args) -> int:
@@ -229,19 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse a non-empty train.output_dir (its old checkpoints are deleted)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("infer", help="answer a prompt about one image", description=(
-        "Answer a prompt about one image with a base model, optionally plus a LoRA adapter."))
-    p.add_argument("--model", help="hub id, local dir or tiny id (default: the adapter's base model)")
-    p.add_argument("--adapter", help="directory written by `mmlora train`")
-    p.add_argument("--image", required=True, action="append", help="image file (one)")
-    p.add_argument("--prompt", required=True, help="question or instruction")
-    p.add_argument("--gpu", help="GPU ids to use, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--min-pixels", type=int, default=None,
-                   help="default: the adapter's recipe, else the model folder's mmlora.json, else 3136")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="default: the adapter's recipe, else the model folder's mmlora.json, else 200704")
-    p.set_defaults(func=cmd_infer)
+    register_infer(sub)
+    register_chat(sub)
 
     p = sub.add_parser("recipes", help="list, show or copy shipped recipes", description=(
         "ls: list shipped recipes; cp NAME DEST: copy one to customise; show NAME: print it; "

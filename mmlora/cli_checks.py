@@ -1,11 +1,13 @@
 """Command-line checks that run before any heavy import: where overrides are on the line, and
-whether infer's arguments make sense. Each problem is one line (MmloraError), in well under a
+GPU ids, applied before torch is imported. Each problem is one line (MmloraError), in well under a
 second, instead of a traceback or a failure after torch and the model have loaded."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from pathlib import Path
 
 from mmlora.errors import MmloraError
@@ -19,6 +21,16 @@ def check_gpu_ids(gpu: str) -> None:
     if not GPU_IDS.fullmatch(gpu):
         raise MmloraError(f"--gpu {gpu!r}: expected GPU indices separated by commas (e.g. 0 or 0,1) or "
                           "GPU UUIDs (GPU-..., MIG-...), as `nvidia-smi -L` lists them.")
+
+
+def apply_gpu_selection(gpu: str | None) -> None:
+    """`--gpu 0,1` -> CUDA_VISIBLE_DEVICES, before torch is imported; without it, keep the env."""
+    if gpu is None:
+        return
+    check_gpu_ids(gpu)
+    if "torch" in sys.modules:
+        raise MmloraError("--gpu must be applied before torch is imported (internal ordering bug).")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def collect_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -45,21 +57,3 @@ def collect_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-def check_infer_args(args) -> None:
-    """One-line errors for infer's arguments, before torch is imported (the model family's own
-    minimum image size is checked when its image processor loads: mmlora/models/families/base.py)."""
-    if len(args.image) > 1:
-        raise MmloraError(f"--image given {len(args.image)} times: infer answers about one image; "
-                          "run it once per image, or use `mmlora eval` on a data file.")
-    args.image = args.image[0]
-    if Path(args.image).is_dir():
-        raise MmloraError(f"--image {args.image} is a directory: give one image file.")
-    if args.max_new_tokens < 1:
-        raise MmloraError(f"--max-new-tokens: got {args.max_new_tokens}, expected 1 or more.")
-    for flag, value in (("--min-pixels", args.min_pixels), ("--max-pixels", args.max_pixels)):
-        if value is not None and value < 1:
-            raise MmloraError(f"{flag}: got {value}, expected a positive number of pixels.")
-    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
-        raise MmloraError(f"--min-pixels ({args.min_pixels}) is larger than --max-pixels ({args.max_pixels}).")

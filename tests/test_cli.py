@@ -31,7 +31,8 @@ def test_infer_on_tiny_model_prints_an_answer(demo_image):
 def test_infer_missing_image_is_one_clear_line(tmp_path):
     result = mmlora("infer", "--model", "tiny/qwen2-vl", "--image", str(tmp_path / "nope.png"), "--prompt", "x")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"mmlora: error: Image '{tmp_path / 'nope.png'}' not found."]
+    assert result.stderr.strip().splitlines() == [
+        f"mmlora: error: --image: image '{tmp_path / 'nope.png'}' not found (looked at {tmp_path / 'nope.png'})"]
 
 
 @pytest.mark.parametrize("content", [b"this is text, not an image\n", b""], ids=["text-as-jpg", "zero-bytes"])
@@ -66,7 +67,7 @@ def test_gpu_flag_sets_cuda_visible_devices_before_torch_is_imported(demo_image)
 
 
 def test_gpu_selection_respects_existing_environment(monkeypatch):
-    from mmlora.cli import apply_gpu_selection
+    from mmlora.cli_checks import apply_gpu_selection
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     apply_gpu_selection(None)

@@ -183,7 +183,9 @@ def test_recipes_cp_into_a_missing_folder_is_one_line(tmp_path):
 @pytest.mark.parametrize("extra, needle", [
     (["--max-new-tokens", "0"], "--max-new-tokens: got 0"),
     (["--gpu", "abc"], "--gpu 'abc'"),
-    (["--image", "SECOND"], "--image given 2 times"),
+    (["--output", "OUT", "--resume", "--top-p", "0"], "--top-p: got 0.0, expected above 0 and at most 1"),
+    (["--temperature", "-1"], "--temperature: got -1.0, expected 0 or more"),
+    (["--num-beams", "0"], "--num-beams: got 0, expected 1 or more"),
     (["--min-pixels", "5000", "--max-pixels", "4000"], "--min-pixels (5000) is larger than --max-pixels (4000)"),
     (["--max-pixels", "-3"], "--max-pixels: got -3"),
 ])

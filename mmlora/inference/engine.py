@@ -18,6 +18,7 @@ Calls are serialised by a lock, so one engine may be shared by threads (a server
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,8 +92,13 @@ def resolve_images(refs: list, where: str, root: Path | None = None, allow_urls:
         try:
             resolved.append(resolve_image(ref, root or Path.cwd(), outside_ok, allow_urls))
         except RowError as err:
+            # The data layer's hints name recipe keys; here the switch is the caller's option.
             if err.reason == "url_not_allowed":
-                err = RowError(err.reason, f"image '{str(ref)[:80]}' is a URL; allow URLs (--allow-urls) to fetch it")
+                err = RowError(err.reason, f"image '{str(ref)[:80]}' is a URL; fetching URLs is off "
+                                           "(--allow-urls turns it on)")
+            elif err.reason == "image_outside_root":
+                err = RowError(err.reason, f"image '{ref}' is outside {Path(os.path.abspath(root))} "
+                                           "(--allow-outside-root allows it)")
             raise err.at(where) from None
     return resolved
 
@@ -159,8 +165,9 @@ class InferenceEngine:
                                     first_line=False, settings=settings.generate_kwargs())
 
     def stream(self, request: Request, settings: GenerationSettings | None = None) -> Iterator[str]:
-        """The answer to one request as text chunks, as they are generated (joined and stripped:
-        the same text as `answer`). Beam search cannot stream: num_beams must be 1."""
+        """The answer to one request as text chunks, as they are generated; joined, they are the
+        text `answer` returns (whitespace at either end left out). Beam search cannot stream:
+        num_beams must be 1."""
         from transformers import TextIteratorStreamer
 
         from mmlora.evaluation.generate import generate_answers
@@ -184,13 +191,14 @@ class InferenceEngine:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        started = False
+        started, held = False, ""  # stripped as `answer` strips: leading spaces dropped, trailing held back
         for chunk in streamer:
-            if not started:  # the answer is stripped as `answer` strips it
-                chunk = chunk.lstrip()
-                started = bool(chunk)
-            if chunk:
-                yield chunk
+            text = held + chunk if started else chunk.lstrip()
+            started = started or bool(text)
+            body = text.rstrip()
+            held = text[len(body):]
+            if body:
+                yield body
         worker.join()
         if failure:
             raise failure[0]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from mmlora.errors import MmloraError
+from mmlora.inference.flags import add_model_flags, check_model_flags
 
 SERVE_EXTRA = "pip install 'mmlora[serve]'  (FastAPI and uvicorn)"
 
@@ -24,17 +25,12 @@ def register(subparsers) -> None:
         "Serve a model (--model) or an adapter on its base (--adapter) behind an OpenAI-compatible API: "
         "GET /v1/models, POST /v1/chat/completions (image_url parts as data URLs, stream: true). "
         "The trained preprocessing (pixel bounds, chat template) comes with the adapter or folder."))
-    p.add_argument("--model", help="hub id, local folder (e.g. merged) or tiny id (default: the adapter's base)")
-    p.add_argument("--adapter", help="directory written by `mmlora train`")
+    add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto", help=(
         "auto (default): vllm when vLLM is installed and CUDA is visible, else transformers"))
     p.add_argument("--served-model-name", help="the model id clients send (default: --adapter, else --model)")
-    p.add_argument("--min-pixels", type=int, help="default: the adapter's recipe, else the folder's mmlora.json")
-    p.add_argument("--max-pixels", type=int, help="default: the adapter's recipe, else the folder's mmlora.json")
-    p.add_argument("--allow-urls", action="store_true",
-                   help="fetch http(s) image URLs (default: only data: URLs are accepted)")
     p.add_argument("--ui", action="store_true", help="also serve a try-it page at / (transformers backend)")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most concurrent requests answered in one batch (transformers backend; default 8)")
@@ -53,17 +49,17 @@ def choose_backend(asked: str, ui: bool = False) -> tuple[str, str]:
         return "transformers", "--ui is served by the transformers backend"
     usable, why_not = vllm_available()
     if asked == "vllm":
-        return "vllm", "asked for" + ("" if usable else f" ({why_not})")
+        return "vllm", "asked for" + ("" if usable else f"; {why_not} here")
     return ("vllm", "vLLM is installed and CUDA is visible") if usable else ("transformers", why_not)
 
 
 def check_serve_args(args) -> None:
-    if not args.model and not args.adapter:
-        raise MmloraError("Give --model (hub id, local folder or tiny id) or --adapter DIR.")
+    """One-line errors for the flags, before anything heavy is imported; --gpu applied."""
     if not 0 < args.port < 65536:
         raise MmloraError(f"--port {args.port}: give a port between 1 and 65535.")
     if args.max_batch < 1:
         raise MmloraError(f"--max-batch {args.max_batch}: give 1 or more.")
+    check_model_flags(args)
 
 
 def cmd_serve(args) -> int:
@@ -102,11 +98,10 @@ def serve_transformers(args, served: str) -> int:
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise MmloraError(f"mmlora serve needs {' and '.join(missing)}: {SERVE_EXTRA}.")
-    from mmlora.inference.engine import InferenceEngine
+    from mmlora.inference.flags import load_engine
     from mmlora.inference.server_app import build_app, run_server
 
-    engine = InferenceEngine.load(args.model, args.adapter, args.min_pixels, args.max_pixels,
-                                  allow_urls=args.allow_urls)
+    engine = load_engine(args)
     app = build_app(engine, served, allow_urls=args.allow_urls, ui=args.ui, max_batch=args.max_batch)
     base = f"http://{args.host}:{args.port}"
     device = next(engine.model.parameters()).device

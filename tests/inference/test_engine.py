@@ -56,7 +56,7 @@ def test_stream_yields_the_same_text_as_answer(engine):
     settings = GenerationSettings(max_new_tokens=8)
     chunks = list(engine.stream(request, settings))
     assert len(chunks) > 1
-    assert "".join(chunks).strip() == engine.answer([request], settings)[0]
+    assert "".join(chunks) == engine.answer([request], settings)[0]
 
 
 def test_a_seed_makes_sampling_repeatable(engine):
@@ -77,11 +77,11 @@ def test_request_becomes_system_history_then_prompt():
 
 
 def test_bad_references_name_the_request(tmp_path):
-    with pytest.raises(RowError, match=r"^q\.jsonl:3: image 'http://x/a\.png' is a URL; allow URLs \(--allow-urls\)"):
+    with pytest.raises(RowError, match=r"^q\.jsonl:3: image 'http://x/a\.png' is a URL; fetching URLs is off \(--allow-urls turns it on\)"):
         resolve_images(["http://x/a.png"], "q.jsonl:3")
     with pytest.raises(RowError, match=r"^q\.jsonl:4: image 'nope\.png' not found"):
         resolve_images(["nope.png"], "q.jsonl:4", root=tmp_path)
-    with pytest.raises(RowError, match=r"^q\.jsonl:5: image '\.\./a\.png' is outside the image root"):
+    with pytest.raises(RowError, match=r"^q\.jsonl:5: image '\.\./a\.png' is outside .* \(--allow-outside-root allows it\)"):
         resolve_images(["../a.png"], "q.jsonl:5", root=tmp_path)
     with pytest.raises(RowError, match=r"^q\.jsonl:6: prompt has 2 <image> marker\(s\) but there is 1 image"):
         request_sample(Request("<image> and <image>", ["a.png"], where="q.jsonl:6"))

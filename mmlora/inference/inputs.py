@@ -1,0 +1,131 @@
+"""What `mmlora infer` answers: `--image` flags, a folder of images, or a JSONL file of requests.
+
+A JSONL line is `{"image": "a.png", "prompt": "..."}` (or `"images": [...]` for several, placed
+by `<image>` markers; `"question"` is read as the prompt; `"system"` optional; `--prompt` and
+`--system` are the defaults for lines without them). Image paths in a JSONL file are read from
+the file's folder and may not leave it unless allowed, URLs are fetched only when allowed:
+the data layer's rules (mmlora/data/images.py). A line that cannot be used becomes a RowError
+located at `file:line` and naming the field, for the caller to skip and count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmlora.data.jsonrows import jsonl_rows
+from mmlora.data.pathkinds import not_a_file
+from mmlora.data.samples import RowError
+from mmlora.errors import MmloraError
+from mmlora.inference.engine import Request, request_sample, resolve_images
+
+
+@dataclass
+class Item:
+    """One request to answer, and the fields its output line repeats (`image` or `images`,
+    `prompt`, `system` when set), as the user wrote them."""
+
+    request: Request
+    shown: dict
+    image_field: str | None = None
+    """The JSONL field that holds the images ("image" or "images"), named in errors; None for
+    images given on the command line or found in a folder."""
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """Where image references may point (the data layer's data.allow_urls / allow_outside_root)."""
+
+    allow_urls: bool = False
+    allow_outside_root: bool = False
+
+
+def image_suffixes() -> set[str]:
+    """File extensions Pillow opens (lower case, with the dot): what a folder's images are."""
+    from PIL import Image
+
+    Image.init()
+    return set(Image.registered_extensions())
+
+
+def _item(images: list, shown_images: list, prompt: str, system: str | None, where: str) -> Item:
+    shown = {"image": shown_images[0]} if len(shown_images) == 1 else {"images": shown_images}
+    shown["prompt"] = prompt
+    if system:
+        shown["system"] = system
+    return Item(Request(prompt, images, system=system, where=where), shown)
+
+
+def items_from_flags(images: list[str], prompt: str, system: str | None, rules: ImageRules) -> list[Item]:
+    """The one request of `--image ... --prompt ...` (several images: one prompt about all)."""
+    resolved = resolve_images(images, "--image", allow_urls=rules.allow_urls)
+    return [_item(resolved, images, prompt, system, "--image")]
+
+
+def items_from_folder(folder: Path, prompt: str, system: str | None) -> tuple[list[Item], int]:
+    """One request per image file under `folder` (subfolders included, sorted by path), and the
+    number of other files (not images by their extension), which are left alone."""
+    suffixes = image_suffixes()
+    files = sorted(p for p in folder.rglob("*") if not not_a_file(p))
+    images = [p for p in files if p.suffix.lower() in suffixes]
+    return [_item([p], [str(p)], prompt, system, str(p)) for p in images], len(files) - len(images)
+
+
+def items_from_jsonl(path: Path, prompt: str | None, system: str | None,
+                     rules: ImageRules) -> Iterator[Item | RowError]:
+    """The requests of a JSONL file, line by line; a line that cannot be used is a RowError."""
+    for where, row in jsonl_rows(path):
+        if isinstance(row, RowError):
+            yield row.at(where)
+            continue
+        try:
+            yield _jsonl_item(row, where, path.parent, prompt, system, rules)
+        except RowError as err:
+            yield err.at(where)
+
+
+def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | None, rules: ImageRules) -> Item:
+    if not isinstance(row, dict):
+        raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
+    if "image" in row and "images" in row:
+        raise RowError("bad_row", "give \"image\" or \"images\", not both")
+    refs = [row["image"]] if "image" in row else row.get("images")
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+        raise RowError("bad_row", "field \"image\" (a path or URL) or \"images\" (a list of them) is missing or empty")
+    text = row.get("prompt", row.get("question", prompt))
+    if not isinstance(text, str) or not text.strip():
+        raise RowError("missing_question", "field \"prompt\" is missing or empty (or give --prompt for every line)")
+    line_system = row.get("system", system)
+    if line_system is not None and not isinstance(line_system, str):
+        raise RowError("bad_row", "field \"system\" must be text")
+    try:
+        resolved = resolve_images(refs, where, root, rules.allow_urls, rules.allow_outside_root)
+    except RowError as err:
+        raise RowError(err.reason, f"field \"{image_field(row)}\": {err.detail}") from None
+    item = _item(resolved, refs, text, line_system, where)
+    item.image_field = image_field(row)
+    request_sample(item.request)  # `<image>` markers against images, before the model loads
+    return item
+
+
+def image_field(row: dict) -> str:
+    """The field of a JSONL line that holds its images: "image" or "images"."""
+    return "image" if "image" in row else "images"
+
+
+def read_items(image: list[str] | None, images: str | None, prompt: str | None, system: str | None,
+               rules: ImageRules) -> tuple[list[Item | RowError], int]:
+    """Every request the command line names (and located problems), and the count of
+    non-image files a folder held. MmloraError when `--images` names nothing usable."""
+    if image:
+        return list(items_from_flags(image, prompt, system, rules)), 0
+    source = Path(images)
+    if source.is_dir():
+        return items_from_folder(source, prompt, system)
+    if problem := not_a_file(source):
+        raise MmloraError(f"--images {images} {problem}: give a folder of images or a .jsonl file.")
+    if source.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise MmloraError(f"--images {images}: expected a folder or a .jsonl file of "
+                          "{\"image\": ..., \"prompt\": ...} lines, got a '" + source.suffix + "' file.")
+    return list(items_from_jsonl(source, prompt, system, rules)), 0

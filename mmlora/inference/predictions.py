@@ -1,0 +1,74 @@
+"""`mmlora infer --output preds.jsonl`: one JSON line per answered request, written as answers
+come, so an interrupted run loses nothing already answered, and `--resume` answers only what
+the file lacks.
+
+Each batch's lines are appended, flushed and synced to disk before the next batch starts. On
+resume, a last line cut short by the interruption (no newline at the end, or not JSON) is
+removed, and requests whose line is already there (same image(s), prompt and system) are
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mmlora.errors import MmloraError
+
+
+def line_key(shown: dict) -> str:
+    """What identifies a request in the output: its image(s), prompt and system, as written."""
+    return json.dumps({k: shown.get(k) for k in ("image", "images", "prompt", "system")}, sort_keys=True)
+
+
+def check_output(path: Path, resume: bool) -> None:
+    """Before the model loads: an existing answers file is continued only with --resume."""
+    if path.is_dir():
+        raise MmloraError(f"--output {path} is a folder; give a .jsonl file path.")
+    if not path.parent.is_dir():
+        raise MmloraError(f"--output {path}: the folder {path.parent} does not exist; create it first.")
+    if path.is_file() and path.stat().st_size and not resume:
+        raise MmloraError(f"--output {path} exists: pass --resume to answer only what it lacks, or choose "
+                          "another --output (or delete it).")
+
+
+def answered_keys(path: Path) -> tuple[set[str], int]:
+    """Keys of the answers already in `path` and the number of bytes of a cut-off last line
+    that `PredictionWriter` drops. MmloraError for a file that is not an answers file."""
+    if not path.is_file():
+        return set(), 0
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1  # a last line without its newline was being written when stopped
+    keys = set()
+    for number, raw in enumerate(data[:keep].splitlines(), 1):
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or "prediction" not in row:
+            raise MmloraError(f"{path}:{number}: not an answer line of `mmlora infer` (a JSON object with "
+                              "\"prediction\"); --resume continues only such a file: choose another --output.")
+        keys.add(line_key(row))
+    return keys, len(data) - keep
+
+
+class PredictionWriter:
+    """Appends answer lines to `path` (truncating a cut-off last line first), synced per batch."""
+
+    def __init__(self, path: Path, torn_bytes: int = 0):
+        self.path = path
+        if torn_bytes:
+            with open(path, "r+b") as handle:
+                handle.truncate(path.stat().st_size - torn_bytes)
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def write(self, rows: list[dict]) -> None:
+        """Append `rows` and make them durable before returning."""
+        for row in rows:
+            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
