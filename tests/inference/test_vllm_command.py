@@ -1,0 +1,150 @@
+"""The vLLM server command of `mmlora serve --backend vllm`, from real adapters saved as training
+saves them. vLLM cannot be installed on a CPU machine: the flag names and values are checked
+against vLLM's source (vllm/engine/arg_utils.py: --enable-lora, --max-lora-rank with
+LoRAConfig's MaxLoRARanks choices, --enable-tower-connector-lora, --mm-processor-kwargs;
+vllm/entrypoints/openai/cli_args.py: --lora-modules as JSON with name/path/base_model_name,
+--chat-template, --served-model-name, --host, --port). The GPU test at the end starts vLLM where
+it is installed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from mmlora.cli import main
+from mmlora.config.schema import LoraConfig, ModelConfig
+from mmlora.errors import MmloraError
+from mmlora.inference.vllm_command import VLLM_SERVER_MODULE, build_vllm_command, vllm_available, vllm_lora_rank
+from mmlora.models.loading import load_model_and_processor, save_tiny_model
+from mmlora.models.lora import apply_lora, save_adapter
+
+TRAINED = {"min_pixels": 3136, "max_pixels": 12544}
+QWEN_SIZE_OPTIONS = {"size": {"shortest_edge": 3136, "longest_edge": 12544}, **TRAINED}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny Qwen2-VL folder and adapters on it: language only (r=8), with vision-tower and
+    projector LoRA (r=12), and with a fully trained projector; each saved as training saves it."""
+    root = tmp_path_factory.mktemp("vllm")
+    base = save_tiny_model("tiny/qwen2-vl", root / "base")
+    folders = {"base": base}
+    for name, lora in [("language", LoraConfig(r=8)), ("vision", LoraConfig(r=12, vision="lora", projector="lora")),
+                       ("full_projector", LoraConfig(r=4, projector="full"))]:
+        loaded = load_model_and_processor(ModelConfig(name=str(base), **TRAINED), device="cpu")
+        model = apply_lora(loaded.model, loaded.processor.family, lora)
+        save_adapter(model, root / name)
+        loaded.processor.save_pretrained(root / name)
+        folders[name] = root / name
+    return folders
+
+
+def option(argv: list[str], flag: str) -> str:
+    assert argv.count(flag) == 1, argv
+    return argv[argv.index(flag) + 1]
+
+
+def test_language_adapter_is_a_lora_module_of_its_base(saved):
+    adapter = saved["language"]
+    command = build_vllm_command(None, str(adapter), "my-vqa", "0.0.0.0", 8001)
+    argv = command.argv
+    assert argv[:3] == [sys.executable, "-m", VLLM_SERVER_MODULE]
+    assert option(argv, "--model") == str(saved["base"].resolve())  # the base recorded in the adapter
+    assert (option(argv, "--host"), option(argv, "--port")) == ("0.0.0.0", "8001")
+    assert "--enable-lora" in argv
+    assert json.loads(option(argv, "--lora-modules")) == {
+        "name": "my-vqa", "path": str(adapter.resolve()), "base_model_name": str(saved["base"].resolve())}
+    assert option(argv, "--max-lora-rank") == "8"
+    assert "--enable-tower-connector-lora" not in argv
+    assert option(argv, "--chat-template") == str(adapter.resolve() / "chat_template.jinja")
+    assert json.loads(option(argv, "--mm-processor-kwargs")) == QWEN_SIZE_OPTIONS
+    assert "--served-model-name" not in argv  # the LoRA module's name is the served name
+
+
+def test_vision_and_projector_lora_turn_on_tower_connector_lora(saved):
+    command = build_vllm_command(None, str(saved["vision"]), "v", "127.0.0.1", 8000, max_pixels=50176)
+    assert "--enable-tower-connector-lora" in command.argv
+    assert option(command.argv, "--max-lora-rank") == "16"  # r=12 -> vLLM's next allowed rank
+    assert json.loads(option(command.argv, "--mm-processor-kwargs"))["max_pixels"] == 50176  # a flag wins
+    assert any("model.visual." in note and "--enable-tower-connector-lora" in note for note in command.notes)
+
+
+def test_adapters_vllm_cannot_apply_as_trained_are_refused_with_the_fix(saved):
+    with pytest.raises(MmloraError, match=r"fully trains model\.visual\.merger.* vLLM's LoRA loader does not "
+                                          r"apply: merge it \(`mmlora merge --adapter"):
+        build_vllm_command(None, str(saved["full_projector"]), "x", "127.0.0.1", 8000)
+    with pytest.raises(MmloraError, match="built-in tiny twins, which vLLM cannot load by id"):
+        build_vllm_command("tiny/qwen2-vl", None, "x", "127.0.0.1", 8000)
+    assert [vllm_lora_rank(r) for r in (1, 2, 8, 9, 64, 300, 512)] == [1, 8, 8, 16, 64, 320, 512]
+    with pytest.raises(MmloraError, match="above vLLM's largest --max-lora-rank"):
+        vllm_lora_rank(513)
+
+
+def test_a_model_folder_is_served_directly_with_its_recorded_bounds(saved, tmp_path):
+    merged = tmp_path / "merged"
+    shutil.copytree(saved["base"], merged)
+    shutil.copy(saved["language"] / "mmlora.json", merged / "mmlora.json")  # as `mmlora merge` records it
+    argv = build_vllm_command(str(merged), None, "merged", "127.0.0.1", 8000).argv
+    assert option(argv, "--model") == str(merged) and option(argv, "--served-model-name") == "merged"
+    assert "--enable-lora" not in argv and "--lora-modules" not in argv
+    assert json.loads(option(argv, "--mm-processor-kwargs")) == QWEN_SIZE_OPTIONS
+
+
+def test_cli_dry_run_prints_the_command_and_the_backend_choice(saved, capsys):
+    assert main(["serve", "--adapter", str(saved["vision"]), "--backend", "vllm", "--port", "9000", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert f"-m {VLLM_SERVER_MODULE} --model {saved['base'].resolve()}" in out and "--port 9000" in out
+    assert "--enable-tower-connector-lora" in out
+    assert "mmlora serve: backend vllm (asked for" in err and "--max-lora-rank 16" in err
+    assert main(["serve", "--model", str(saved["base"]), "--dry-run"]) == 0
+    usable, why_not = vllm_available()
+    expected = "backend vllm (vLLM is installed and CUDA is visible)" if usable else f"backend transformers ({why_not})"
+    assert expected in capsys.readouterr().err
+    assert main(["serve", "--model", str(saved["base"]), "--ui", "--dry-run"]) == 0
+    assert "backend transformers (--ui is served by the transformers backend)" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not vllm_available()[0], reason="needs vLLM and a CUDA GPU")
+def test_vllm_serves_the_adapter_with_tower_connector_lora(saved, tmp_path):
+    """`mmlora serve --backend vllm` starts vLLM's OpenAI server; the adapter answers by name."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "vllm.log").open("w")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "mmlora", "serve", "--adapter", str(saved["vision"]),
+                               "--backend", "vllm", "--port", str(port), "--served-model-name", "tiny-lora"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert server.poll() is None, (tmp_path / "vllm.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vLLM did not start in time"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as response:
+                    models = [m["id"] for m in json.loads(response.read())["data"]]
+                break
+            time.sleep(2)
+        assert "tiny-lora" in models
+        body = {"model": "tiny-lora", "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "user", "content": "Describe the image."}]}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+        assert "does not support" not in (tmp_path / "vllm.log").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
