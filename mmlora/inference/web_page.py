@@ -20,7 +20,7 @@ PAGE = """<!doctype html>
   body { font-family: system-ui, sans-serif; max-width: 760px; margin: 2em auto; color: #222; }
   h1 { font-size: 1.3em; } .model { color: #555; font-family: monospace; }
   label { display: block; margin-top: 1em; font-weight: 600; }
-  textarea, input[type=text] { width: 100%; box-sizing: border-box; font-size: 1em; padding: .4em; }
+  textarea, input[type=text], input[type=number] { width: 100%; box-sizing: border-box; font-size: 1em; padding: .4em; }
   #preview { display: block; max-width: 320px; max-height: 320px; margin-top: .5em; }
   button { margin-top: 1em; font-size: 1em; padding: .5em 1.5em; }
   #answer { margin-top: 1em; padding: .8em; min-height: 1.5em; background: #f3f3f3; white-space: pre-wrap; }
@@ -37,6 +37,8 @@ PAGE = """<!doctype html>
   <textarea id="prompt" name="prompt" rows="2" placeholder="What is in the image?"></textarea>
   <label for="system">System message (optional)</label>
   <input id="system" name="system" type="text">
+  <label for="max-tokens">Longest answer (tokens)</label>
+  <input id="max-tokens" name="max-tokens" type="number" min="1" value="128">
   <button id="ask" type="submit">Ask</button>
 </form>
 <div id="answer" aria-live="polite"></div>
@@ -55,24 +57,25 @@ form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const question = document.getElementById("prompt").value.trim();
   const system = document.getElementById("system").value.trim();
-  if (!question) { show("Write a question first.", true); return; }
+  const maxTokens = parseInt(document.getElementById("max-tokens").value, 10) || 128;
+  if (!question) { show("Write a question first.", "error"); return; }
   const content = [];
   if (imageUrl) content.push({type: "image_url", image_url: {url: imageUrl}});
   content.push({type: "text", text: question});
   const messages = system ? [{role: "system", content: system}] : [];
   messages.push({role: "user", content});
-  show("…", false);
+  show("…", "pending");
   try {
     const response = await fetch("v1/chat/completions", {method: "POST",
       headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({model: __MODEL_JSON__, messages})});
+      body: JSON.stringify({model: __MODEL_JSON__, messages, max_tokens: maxTokens})});
     const data = await response.json();
-    if (!response.ok) show(data.error ? data.error.message : response.statusText, true);
-    else show(data.choices[0].message.content, false);
-  } catch (err) { show(String(err), true); }
+    if (!response.ok) show(data.error ? data.error.message : response.statusText, "error");
+    else show(data.choices[0].message.content, "done");
+  } catch (err) { show(String(err), "error"); }
 });
-function show(text, isError) {
-  answer.textContent = text; answer.className = isError ? "error" : "done";
+function show(text, state) {  // state: pending, done or error (the class tests and styles read)
+  answer.textContent = text; answer.className = state;
 }
 </script>
 </body>

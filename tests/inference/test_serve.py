@@ -8,9 +8,6 @@ import base64
 import contextlib
 import io
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +19,10 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from mmlora.cli import main  # noqa: E402
 from mmlora.config.paths import assets_dir  # noqa: E402
-from mmlora.inference.engine import GenerationSettings, InferenceEngine, Request, Turn  # noqa: E402
-from mmlora.inference.server_app import build_app  # noqa: E402
-from mmlora.models.loading import save_tiny_model  # noqa: E402
+from mmlora.inference.engine import GenerationSettings, Request, Turn  # noqa: E402
 
 IMAGES = assets_dir() / "demo" / "images"
-TRAINED_MAX_PIXELS = 112 * 112
-SERVED = "my-tiny"
+SERVED = "my-tiny"  # tests/inference/conftest.py serves the model under this name
 
 
 def data_url(path) -> str:
@@ -41,36 +35,13 @@ def ask(text: str, image=None) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A saved tiny Qwen2-VL whose mmlora.json records trained bounds (as a merged model does)."""
-    folder = save_tiny_model("tiny/qwen2-vl", tmp_path_factory.mktemp("served") / "model")
-    (folder / "mmlora.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": TRAINED_MAX_PIXELS}))
-    return folder
+def server(api_server):
+    return api_server.url, api_server.app
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    """(base URL, app) of a uvicorn server on a free port, serving the folder as `mmlora serve` does."""
-    engine = InferenceEngine.load(model=str(model_dir), device="cpu")
-    app = build_app(engine, SERVED, ui=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not runner.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    runner.should_exit = True
-    thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0)
+def client(api_server):
+    return openai.OpenAI(base_url=f"{api_server.url}/v1", api_key="unused", max_retries=0)
 
 
 def infer_cli(model_dir, image, prompt: str, max_new_tokens: int) -> str:
@@ -81,9 +52,9 @@ def infer_cli(model_dir, image, prompt: str, max_new_tokens: int) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def test_answers_equal_mmlora_infer_and_streams_join_to_them(server, client, model_dir):
-    app = server[1]
-    assert app.state.batcher.engine.processor.image_processor.size["longest_edge"] == TRAINED_MAX_PIXELS
+def test_answers_equal_mmlora_infer_and_streams_join_to_them(server, client, api_server):
+    model_dir, app = api_server.model_dir, api_server.app
+    assert app.state.batcher.engine.processor.image_processor.size["longest_edge"] == api_server.max_pixels
     assert [m.id for m in client.models.list().data] == [SERVED]
     image = IMAGES / "blue_circle_black_112x168.png"  # above the trained bounds: resized as trained
     prompt = "What color is the shape?"
