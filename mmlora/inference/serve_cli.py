@@ -9,6 +9,7 @@ visible, else transformers, and says which and why.
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import subprocess
 import sys
 
@@ -84,7 +85,7 @@ def serve_vllm(args, served: str) -> int:
                                  args.min_pixels, args.max_pixels)
     for note in command.notes:
         print(f"mmlora serve: {note}", file=sys.stderr)
-    print(subprocess.list2cmdline(command.argv))
+    print(shlex.join(command.argv))
     if args.dry_run:
         return 0
     usable, why_not = vllm_available()

@@ -153,7 +153,7 @@ def build_vllm_command(model: str | None, adapter: str | None, served: str, host
     options = processor_kwargs(cfg)
     if options:
         argv += ["--mm-processor-kwargs", json.dumps(options, sort_keys=True)]
-        notes.append(f"trained pixel bounds min_pixels={cfg.min_pixels} max_pixels={cfg.max_pixels}")
+        notes.append(f"pixel bounds min_pixels={cfg.min_pixels} max_pixels={cfg.max_pixels} -> --mm-processor-kwargs")
     return VllmCommand(argv, notes)
 
 

@@ -171,3 +171,32 @@ def test_client_raises_the_matching_openai_errors(client, server):
             {"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}]}])
     code, answer = post(server, {}, "/v1/nothing-here")
     assert code == 404 and answer["error"]["type"] == "not_found_error"
+
+
+def png_data_url(width: int, height: int) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "red").save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_images_are_checked_as_training_images_are(server, monkeypatch):
+    from PIL import Image
+
+    from mmlora.inference import openai_protocol
+
+    def sent(url: str) -> tuple[int, dict]:
+        return post(server, {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Hi"}]}], "max_tokens": 1})
+
+    assert sent(png_data_url(32, 32))[0] == 200
+    code, answer = sent(png_data_url(4, 4))
+    assert (code, answer["error"]["code"]) == (400, "image_too_small"), answer
+    assert "under 8 px on their longer side are refused" in answer["error"]["message"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 32x32 is then above twice the bomb limit
+    code, answer = sent(png_data_url(32, 32))
+    assert (code, answer["error"]["code"]) == (400, "image_too_large"), answer
+    monkeypatch.setattr(openai_protocol, "MAX_DOWNLOAD_BYTES", 64)
+    code, answer = sent(png_data_url(32, 32))
+    assert (code, answer["error"]["code"]) == (400, "image_too_large") and "larger than" in answer["error"]["message"]
