@@ -8,6 +8,8 @@ import base64
 import contextlib
 import io
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -200,3 +202,48 @@ def test_images_are_checked_as_training_images_are(server, monkeypatch):
     monkeypatch.setattr(openai_protocol, "MAX_DOWNLOAD_BYTES", 64)
     code, answer = sent(png_data_url(32, 32))
     assert (code, answer["error"]["code"]) == (400, "image_too_large") and "larger than" in answer["error"]["message"]
+
+
+def test_serve_names_the_extra_to_install_when_fastapi_is_missing(monkeypatch, capsys, api_server):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert main(["serve", "--model", str(api_server.model_dir), "--backend", "transformers"]) == 2
+    assert "mmlora serve needs fastapi: pip install 'mmlora[serve]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_serve_command_starts_a_server_and_stops_on_ctrl_c(api_server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "mmlora", "serve", "--model", str(api_server.model_dir),
+                                    "--port", str(port), "--served-model-name", "m", "--ui"],
+                                   stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                with contextlib.suppress(OSError):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as response:
+                        assert [m["id"] for m in json.loads(response.read())["data"]] == ["m"]
+                    break
+                time.sleep(0.5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                assert "<title>mmlora: m</title>" in response.read().decode()
+        finally:
+            process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=60)
+    text = log.read_text()
+    assert code == 0, text
+    assert "mmlora serve: backend transformers (" in text
+    assert f"'m' on cpu at http://127.0.0.1:{port}/v1 (OpenAI API); try-it page at http://127.0.0.1:{port}/" in text
