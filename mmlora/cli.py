@@ -30,6 +30,7 @@ EPILOG = """examples:
   mmlora data check tiny_caption                rows, bad rows by reason, image/length stats (no weights)
   mmlora plan tiny_smolvlm_vqa lora.vision=lora parameters per component, adapter size, visual tokens
   mmlora merge --adapter runs/tiny_vqa --out merged   standalone model for --model merged (or vLLM)
+  mmlora serve --adapter runs/tiny_vqa --ui    OpenAI-compatible API on :8000 (+ a try-it page at /)
 """
 
 

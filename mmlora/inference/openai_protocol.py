@@ -76,11 +76,14 @@ def generation_settings(body: dict) -> GenerationSettings:
     if body.get("n") not in (None, 1):
         raise ApiError(400, "'n' must be 1: this server returns one answer per request.", "n")
     tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    top_p = float(_number(body, "top_p", 1.0, 0.0, 1.0))
+    if top_p == 0:
+        raise ApiError(400, "'top_p' must be above 0 (1 keeps every token).", "top_p")
     return GenerationSettings(
         max_new_tokens=_number(body, tokens_field, DEFAULT_MAX_TOKENS, 1, 1 << 20, integer=True),
         temperature=float(_number(body, "temperature", 0.0, 0.0, 2.0)),
-        top_p=float(_number(body, "top_p", 1.0, 0.0, 1.0)) or 1.0,
-        seed=_number(body, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True),
+        top_p=top_p,
+        seed=_number(body, "seed", None, 0, (1 << 32) - 1, integer=True),
     )
 
 

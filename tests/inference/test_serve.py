@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -153,6 +154,8 @@ def post(server, body, path="/v1/chat/completions") -> tuple[int, dict]:
     ({"messages": ask("Hi"), "stop": ["\n"]}, 400, "stop", "'stop' is not supported"),
     ({"messages": ask("Hi"), "n": 2}, 400, "n", "'n' must be 1"),
     ({"messages": ask("Hi"), "temperature": 5}, 400, "temperature", "'temperature' must be a number between 0"),
+    ({"messages": ask("Hi"), "top_p": 0}, 400, "top_p", "'top_p' must be above 0"),
+    ({"messages": ask("Hi"), "max_tokens": 0}, 400, "max_tokens", "'max_tokens' must be an integer between 1"),
     ({"messages": ask("<image> and <image>")}, 400, "messages", "2 <image> marker(s) but there are 0 image(s)"),
     ({"messages": [{"role": "tool", "content": "x"}]}, 400, "messages", "role must be system, user or assistant"),
     (b"{not json", 400, None, "not valid JSON"),
@@ -247,3 +250,38 @@ def test_the_serve_command_starts_a_server_and_stops_on_ctrl_c(api_server, tmp_p
     assert code == 0, text
     assert "mmlora serve: backend transformers (" in text
     assert f"'m' on cpu at http://127.0.0.1:{port}/v1 (OpenAI API); try-it page at http://127.0.0.1:{port}/" in text
+
+
+def test_sampling_settings_reach_the_model(client, api_server):
+    engine = api_server.app.state.batcher.engine
+    image = IMAGES / "blue_circle_black_112x112.png"
+    sampled = [client.chat.completions.create(model=SERVED, messages=ask("Describe it.", image), max_tokens=8,
+                                              temperature=1.5, top_p=0.9, seed=3).choices[0].message.content
+               for _ in range(2)]
+    settings = GenerationSettings(max_new_tokens=8, temperature=1.5, top_p=0.9, seed=3)
+    assert sampled[0] == sampled[1] == engine.answer([Request("<image>Describe it.", [image])], settings)[0]
+
+
+def test_http_image_urls_are_fetched_only_when_allowed(tmp_path, monkeypatch):
+    import functools
+    import http.server
+
+    from PIL import Image
+
+    from mmlora.inference.openai_protocol import ApiError, decode_image_url
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the data layer caches fetched images there
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(IMAGES))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as site:
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{site.server_address[1]}/blue_circle_black_112x168.png"
+        with pytest.raises(ApiError, match="image URLs are not fetched by this server") as refused:
+            decode_image_url(url, "m", allow_urls=False)
+        assert refused.value.code == "url_not_allowed"
+        fetched = decode_image_url(url, "m", allow_urls=True)
+        site.shutdown()
+    expected = Image.open(IMAGES / "blue_circle_black_112x168.png").convert("RGB")
+    assert fetched.size == expected.size and fetched.tobytes() == expected.tobytes()
+    with pytest.raises(ApiError, match="got 'file:///etc/hostname'"):
+        decode_image_url("file:///etc/hostname", "m", allow_urls=True)
