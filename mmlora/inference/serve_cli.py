@@ -67,9 +67,17 @@ def cmd_serve(args) -> int:
     check_serve_args(args)
     served = args.served_model_name or args.adapter or args.model
     backend, why = choose_backend(args.backend, args.ui)
-    print(f"mmlora serve: backend {backend} ({why})", file=sys.stderr)
+    print(f"mmlora serve: backend {backend} ({why})", file=sys.stderr)  # auto may still fall back below
     if backend == "vllm":
-        return serve_vllm(args, served)
+        from mmlora.inference.vllm_command import NotServableByVllm
+
+        try:
+            return serve_vllm(args, served)
+        except NotServableByVllm as err:
+            if args.backend != "auto":
+                raise
+            # auto: what vLLM cannot serve as trained, the transformers backend can.
+            print(f"mmlora serve: backend transformers instead: {err}", file=sys.stderr)
     if args.dry_run:
         return 0
     return serve_transformers(args, served)

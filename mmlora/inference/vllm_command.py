@@ -35,6 +35,10 @@ PEFT_PREFIX = "base_model.model."
 LORA_MARKERS = (".lora_A.", ".lora_B.")
 
 
+class NotServableByVllm(MmloraError):
+    """vLLM cannot serve this model or adapter as trained; the message says what to do instead."""
+
+
 @dataclass
 class AdapterModules:
     """What an adapter's weights touch, from its safetensors header and adapter_config.json."""
@@ -88,7 +92,7 @@ def vllm_lora_rank(rank: int) -> int:
     for choice in VLLM_LORA_RANKS:
         if choice >= rank:
             return choice
-    raise MmloraError(f"The adapter's LoRA rank {rank} is above vLLM's largest --max-lora-rank "
+    raise NotServableByVllm(f"The adapter's LoRA rank {rank} is above vLLM's largest --max-lora-rank "
                       f"({VLLM_LORA_RANKS[-1]}); merge it (`mmlora merge`) and serve the merged folder.")
 
 
@@ -110,7 +114,7 @@ def processor_kwargs(cfg) -> dict:
 
 def _checked_vllm_source(name: str) -> None:
     if name.startswith("tiny/"):
-        raise MmloraError(f"'{name}' is one of mmlora's built-in tiny twins, which vLLM cannot load by id: save it "
+        raise NotServableByVllm(f"'{name}' is one of mmlora's built-in tiny twins, which vLLM cannot load by id: save it "
                           "as a folder first (`mmlora tiny DIR`) and serve that, or use --backend transformers.")
 
 
@@ -132,7 +136,7 @@ def build_vllm_command(model: str | None, adapter: str | None, served: str, host
         if found.full or found.dora:
             what = (f"fully trains {', '.join(found.full[:3])}{' ...' if len(found.full) > 3 else ''}"
                     if found.full else "uses DoRA (magnitude vectors)")
-            raise MmloraError(f"The adapter {adapter} {what}, which vLLM's LoRA loader does not apply: merge it "
+            raise NotServableByVllm(f"The adapter {adapter} {what}, which vLLM's LoRA loader does not apply: merge it "
                               f"(`mmlora merge --adapter {adapter} --out DIR`) and serve the merged folder "
                               "(`mmlora serve --model DIR --backend vllm`).")
         rank = vllm_lora_rank(found.rank)
