@@ -16,6 +16,7 @@ from mmlora.cli_checks import apply_gpu_selection, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
 from mmlora.inference.chat import register as register_chat
+from mmlora.inference.export import register as register_export
 from mmlora.inference.infer import register as register_infer
 from mmlora.inference.serve_cli import register as register_serve
 
@@ -30,7 +31,10 @@ EPILOG = """examples:
   mmlora data check tiny_caption                rows, bad rows by reason, image/length stats (no weights)
   mmlora plan tiny_smolvlm_vqa lora.vision=lora parameters per component, adapter size, visual tokens
   mmlora merge --adapter runs/tiny_vqa --out merged   standalone model for --model merged (or vLLM)
-  mmlora serve --adapter runs/tiny_vqa --ui    OpenAI-compatible API on :8000 (+ a try-it page at /)
+  mmlora infer --model tiny/qwen2-vl --images photos/ --prompt "Describe." --output preds.jsonl   batched
+  mmlora chat --adapter runs/tiny_vqa               multi-turn chat in the terminal (/image PATH, /reset)
+  mmlora export runs/tiny_vqa                       vLLM check (modules, flags) and a model card
+  mmlora serve --adapter runs/tiny_vqa --ui         OpenAI-compatible API on :8000 (+ a try-it page at /)
 """
 
 
@@ -118,6 +122,9 @@ def cmd_merge(args) -> int:
     result = merge_adapter(args.adapter, args.out, args.dtype, base=args.base)
     print(f"merged {args.adapter} into {result.base} ({result.dtype}): {result.tensors} tensors in "
           f"{result.shards} shard(s), each read back and checked. Use it with --model {result.out_dir}")
+    from mmlora.inference.export import export_folder
+
+    print("\n".join(export_folder(result.out_dir)))
     return 0
 
 
@@ -213,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_infer(sub)
     register_chat(sub)
+    register_export(sub)
 
     p = sub.add_parser("recipes", help="list, show or copy shipped recipes", description=(
         "ls: list shipped recipes; cp NAME DEST: copy one to customise; show NAME: print it; "

@@ -133,3 +133,9 @@ def check_adapter_fits(adapter_dir: str | Path, model, model_name: str) -> None:
                 f"adapter but the model needs {expected} (another model size?). Apply it to the "
                 "base model it was trained on."
             )
+
+
+def adapter_tensor_shapes(adapter_dir: str | Path) -> dict[str, list[int]]:
+    """Every tensor of a saved adapter (PEFT names) with its shape, read from the file header
+    (safetensors) or, for an older adapter_model.bin, with weights_only loading."""
+    return _adapter_shapes(Path(adapter_dir))

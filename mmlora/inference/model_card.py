@@ -1,0 +1,130 @@
+"""README.md model cards for adapter and merged folders, from the run's own files.
+
+PEFT writes a blank template ("[More Information Needed]" throughout). The card written here
+says what the run recorded: base model, data (data_report.json), recipe (recipe.yaml),
+metrics (eval_metrics.json, train_log.jsonl, and `mmlora eval`'s eval_*/metrics.json), how to
+use it, and whether vLLM serves it as trained (mmlora/inference/vllm_check.py). A README.md
+someone wrote by hand (neither PEFT's template nor an earlier card of mmlora) is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+CARD_MARK = "<!-- model card written by mmlora (mmlora export); rewritten on the next export -->"
+PEFT_TEMPLATE_MARK = "[More Information Needed]"
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _recipe(run_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _data_lines(run_dir: Path, recipe: dict) -> list[str]:
+    data, report = recipe.get("data", {}), _json(run_dir / "data_report.json") or {}
+    lines = []
+    for split, part in (("train", report), ("eval", report.get("eval") or {})):
+        source = part.get("source") or data.get(split)
+        if not source:
+            continue
+        counts = (f": {part['samples']} samples from {part['rows']} rows, {part.get('skipped_rows', 0)} rows skipped"
+                  if "samples" in part and "rows" in part else "")
+        lines.append(f"- {split}: `{source}`{counts}")
+    return lines or ["- not recorded (no recipe.yaml / data_report.json in the run folder)"]
+
+
+def _recipe_lines(recipe: dict) -> list[str]:
+    if not recipe:
+        return ["- not recorded (no recipe.yaml in the run folder)"]
+    lora, train, model = recipe.get("lora", {}), recipe.get("train", {}), recipe.get("model", {})
+    targets = lora.get("targets")
+    return [
+        f"- task: {recipe.get('task')}",
+        f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+        f"targets={', '.join(targets) if isinstance(targets, list) else targets}, vision tower: {lora.get('vision')}, "
+        f"projector: {lora.get('projector')}" + (", DoRA" if lora.get("use_dora") else "")
+        + (", rsLoRA" if lora.get("use_rslora") else ""),
+        f"- training: epochs={train.get('epochs')}, max_steps={train.get('max_steps')}, "
+        f"batch_size={train.get('batch_size')} x grad_accum={train.get('grad_accum')}, "
+        f"learning_rate={train.get('learning_rate')}, seed={train.get('seed')}",
+        f"- images: min_pixels={model.get('min_pixels')}, max_pixels={model.get('max_pixels')}",
+        "- the full recipe: `recipe.yaml` in the adapter folder",
+    ]
+
+
+def _metric_lines(run_dir: Path) -> list[str]:
+    lines = []
+    for log in reversed(_read_lines(run_dir / "train_log.jsonl")):
+        if "train_loss" in log:
+            lines.append(f"- training loss (mean over the run): {_number(log['train_loss'])} at step {log.get('step')}")
+            break
+    during = _json(run_dir / "eval_metrics.json") or {}
+    losses = [e for e in during.get("history", []) if "eval_loss" in e]
+    if losses:
+        lines.append(f"- eval loss: {_number(losses[-1]['eval_loss'])} at step {losses[-1].get('step')}")
+    for name, values in (("final", during.get("final")), ("best", during.get("best"))):
+        if isinstance(values, dict):
+            shown = ", ".join(f"{k} {_number(v)}" for k, v in values.items() if isinstance(v, (int, float)))
+            lines.append(f"- {name} generation metrics during training: {shown}")
+    for metrics_file in sorted(run_dir.glob("eval_*/metrics.json")):
+        summary = _json(metrics_file) or {}
+        for label, values in (summary.get("models") or {}).items():
+            shown = ", ".join(f"{k} {_number(v)}" for k, v in values.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool))
+            lines.append(f"- `mmlora eval` on {summary.get('split')} ({summary.get('count')} samples, "
+                         f"{metrics_file.parent.name}/metrics.json), {label}: {shown}")
+    return lines or ["- none recorded (run `mmlora eval` to measure the adapter)"]
+
+
+def _read_lines(path: Path) -> list[dict]:
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def card_text(folder: Path, run_dir: Path | None, base: str, merged: bool, vllm_lines: list[str]) -> str:
+    """The model card of `folder` (an adapter, or a merged model made from `run_dir`)."""
+    recipe = _recipe(run_dir) if run_dir else {}
+    kind = "merged model" if merged else "LoRA adapter"
+    use = (f"mmlora infer --model {folder} --image photo.jpg --prompt \"...\"" if merged else
+           f"mmlora infer --adapter {folder} --image photo.jpg --prompt \"...\"")
+    header = ["---", f"base_model: {base}", f"library_name: {'transformers' if merged else 'peft'}",
+              "pipeline_tag: image-text-to-text", "tags:", "- mmlora", "- lora", "---", "", CARD_MARK, ""]
+    body = [f"# {folder.name}: {kind} fine-tuned from {base}", "",
+            f"Trained with mmlora{' and merged into the base weights' if merged else ''}. "
+            "Everything below is read from the run's files.", "",
+            "## Base model", "", f"`{base}`", "", "## Data", "", *(_data_lines(run_dir, recipe) if run_dir else
+            ["- not recorded (the run folder is not available)"]), "",
+            "## Recipe", "", *_recipe_lines(recipe), "",
+            "## Metrics", "", *(_metric_lines(run_dir) if run_dir else ["- not recorded"]), "",
+            "## Use", "", "```bash", use, "```", "", "## Serving with vLLM", "", *[f"- {line}" for line in vllm_lines], ""]
+    return "\n".join(header + body)
+
+
+def write_model_card(folder: Path, text: str) -> bool:
+    """Write README.md unless it is someone's own (kept: returns False)."""
+    readme = folder / "README.md"
+    if readme.is_file():
+        existing = readme.read_text(errors="replace")
+        if CARD_MARK not in existing and PEFT_TEMPLATE_MARK not in existing:
+            return False
+    readme.write_text(text)
+    return True
