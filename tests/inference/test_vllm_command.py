@@ -22,8 +22,7 @@ import pytest
 
 from mmlora.cli import main
 from mmlora.config.schema import LoraConfig, ModelConfig
-from mmlora.errors import MmloraError
-from mmlora.inference.vllm_command import VLLM_SERVER_MODULE, build_vllm_command, vllm_available, vllm_lora_rank
+from mmlora.inference.vllm_command import VLLM_SERVER_MODULE, NotServableByVllm, build_vllm_command, vllm_available
 from mmlora.models.loading import load_model_and_processor, save_tiny_model
 from mmlora.models.lora import apply_lora, save_adapter
 
@@ -75,18 +74,29 @@ def test_vision_and_projector_lora_turn_on_tower_connector_lora(saved):
     assert "--enable-tower-connector-lora" in command.argv
     assert option(command.argv, "--max-lora-rank") == "16"  # r=12 -> vLLM's next allowed rank
     assert json.loads(option(command.argv, "--mm-processor-kwargs"))["max_pixels"] == 50176  # a flag wins
-    assert any("model.visual." in note and "--enable-tower-connector-lora" in note for note in command.notes)
+    assert any(note.startswith("vLLM: loads as trained only with --enable-tower-connector-lora")
+               for note in command.notes), command.notes
 
 
 def test_adapters_vllm_cannot_apply_as_trained_are_refused_with_the_fix(saved):
-    with pytest.raises(MmloraError, match=r"fully trains model\.visual\.merger.* vLLM's LoRA loader does not "
-                                          r"apply: merge it \(`mmlora merge --adapter"):
-        build_vllm_command(None, str(saved["full_projector"]), "x", "127.0.0.1", 8000)
-    with pytest.raises(MmloraError, match="built-in tiny twins, which vLLM cannot load by id"):
+    adapter = saved["full_projector"]
+    with pytest.raises(NotServableByVllm, match=r"vLLM refuses this adapter: it holds .* not LoRA factors \(fully "
+                                                r"trained weights or biases of model\.visual\.merger.*With mmlora: "
+                                                r"`mmlora merge --adapter .*`, then `mmlora serve --model DIR`"):
+        build_vllm_command(None, str(adapter), "x", "127.0.0.1", 8000)
+    with pytest.raises(NotServableByVllm, match="built-in tiny twins, which vLLM cannot load by id"):
         build_vllm_command("tiny/qwen2-vl", None, "x", "127.0.0.1", 8000)
-    assert [vllm_lora_rank(r) for r in (1, 2, 8, 9, 64, 300, 512)] == [1, 8, 8, 16, 64, 320, 512]
-    with pytest.raises(MmloraError, match="above vLLM's largest --max-lora-rank"):
-        vllm_lora_rank(513)
+
+
+def test_auto_serves_with_transformers_what_vllm_cannot(saved, monkeypatch, capsys):
+    from mmlora.inference import vllm_command
+
+    monkeypatch.setattr(vllm_command, "vllm_available", lambda: (True, ""))  # as on a GPU machine with vLLM
+    assert main(["serve", "--adapter", str(saved["full_projector"]), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "backend vllm (vLLM is installed and CUDA is visible)" in err
+    assert "mmlora serve: backend transformers instead: " in err and "refuses this adapter" in err
+    assert main(["serve", "--adapter", str(saved["full_projector"]), "--backend", "vllm", "--dry-run"]) == 2
 
 
 def test_a_model_folder_is_served_directly_with_its_recorded_bounds(saved, tmp_path):
