@@ -73,6 +73,9 @@ def generation_settings(body: dict) -> GenerationSettings:
     for name in UNSUPPORTED:
         if body.get(name) not in (None, [], {}, False):
             raise ApiError(400, f"'{name}' is not supported by this server (mmlora serve); leave it out.", name)
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported by this server.",
+                       "response_format")
     if body.get("n") not in (None, 1):
         raise ApiError(400, "'n' must be 1: this server returns one answer per request.", "n")
     tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"

@@ -153,6 +153,7 @@ def post(server, body, path="/v1/chat/completions") -> tuple[int, dict]:
      400, "messages", "not an image file"),
     ({"messages": ask("Hi"), "stop": ["\n"]}, 400, "stop", "'stop' is not supported"),
     ({"messages": ask("Hi"), "n": 2}, 400, "n", "'n' must be 1"),
+    ({"messages": ask("Hi"), "response_format": {"type": "json_object"}}, 400, "response_format", "not supported"),
     ({"messages": ask("Hi"), "temperature": 5}, 400, "temperature", "'temperature' must be a number between 0"),
     ({"messages": ask("Hi"), "top_p": 0}, 400, "top_p", "'top_p' must be above 0"),
     ({"messages": ask("Hi"), "max_tokens": 0}, 400, "max_tokens", "'max_tokens' must be an integer between 1"),
