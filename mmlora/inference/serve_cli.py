@@ -63,6 +63,19 @@ def check_serve_args(args) -> None:
     check_model_flags(args)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error when nothing can listen on host:port (taken, or not an address here)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as err:
+        raise MmloraError(f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port "
+                          "(or stop what uses it), or an --host address of this machine.") from None
+
+
 def cmd_serve(args) -> int:
     check_serve_args(args)
     served = args.served_model_name or args.adapter or args.model
@@ -110,6 +123,7 @@ def serve_transformers(args, served: str) -> int:
     from mmlora.inference.flags import load_engine
     from mmlora.inference.server_app import build_app, run_server
 
+    check_port_free(args.host, args.port)  # before the model loads (seconds to minutes)
     engine = load_engine(args)
     app = build_app(engine, served, allow_urls=args.allow_urls, ui=args.ui, max_batch=args.max_batch)
     base = f"http://{args.host}:{args.port}"

@@ -15,10 +15,11 @@ import asyncio
 import json
 import logging
 
-from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from mmlora.data.samples import RowError
 from mmlora.inference.batcher import Batcher

@@ -217,6 +217,14 @@ def test_serve_names_the_extra_to_install_when_fastapi_is_missing(monkeypatch, c
     assert "mmlora serve needs fastapi: pip install 'mmlora[serve]'" in capsys.readouterr().err
 
 
+def test_a_taken_port_is_a_one_line_error_before_the_model_loads(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "no/such-model", "--backend", "transformers", "--port", str(port)]) == 2
+    assert f"mmlora: error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another --port" \
+        in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_the_serve_command_starts_a_server_and_stops_on_ctrl_c(api_server, tmp_path):
     import os
