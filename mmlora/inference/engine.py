@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlora.config.paths import ASSET_SCHEME, resolve_data_path
-from mmlora.data.images import resolve_image
+from mmlora.data.images import load_image, resolve_image
 from mmlora.data.samples import RowError, Sample, assistant_turn, system_turn, user_turn
 
 
@@ -103,8 +103,9 @@ def resolve_images(refs: list, where: str, root: Path | None = None, allow_urls:
     return resolved
 
 
-def request_sample(request: Request) -> Sample:
-    """The request as a sample: system turn, earlier turns, then the prompt (no answer yet)."""
+def request_sample(request: Request, prompt_field: str = "prompt") -> Sample:
+    """The request as a sample: system turn, earlier turns, then the prompt (no answer yet).
+    `prompt_field` names the prompt in a marker-count error (e.g. "--prompt")."""
     messages, images = [], []
     if request.system:
         messages.append(system_turn(request.system))
@@ -118,7 +119,7 @@ def request_sample(request: Request) -> Sample:
             raise RowError("bad_row", f"a history turn has role {turn.role!r}; use 'user' or 'assistant'",
                            request.where)
     try:
-        messages.append(user_turn(request.prompt, len(request.images), field="prompt"))
+        messages.append(user_turn(request.prompt, len(request.images), field=prompt_field))
     except RowError as err:
         raise err.at(request.where) from None
     return Sample(images + list(request.images), messages, source=request.where)
@@ -146,8 +147,11 @@ class InferenceEngine:
         return cls(net, loaded.processor, name=str(adapter or model), allow_urls=allow_urls)
 
     def _sample(self, request: Request) -> Sample:
+        """The request as a sample with its images checked and decoded (so that a bad image
+        fails before any generation, not halfway through a batch)."""
         sample = request_sample(request)
-        sample.images = resolve_images(sample.images, request.where, allow_urls=self.allow_urls)
+        resolved = resolve_images(sample.images, request.where, allow_urls=self.allow_urls)
+        sample.images = [load_image(ref, request.where) for ref in resolved]
         return sample
 
     def answer(self, requests: list[Request], settings: GenerationSettings | None = None,
@@ -167,7 +171,8 @@ class InferenceEngine:
     def stream(self, request: Request, settings: GenerationSettings | None = None) -> Iterator[str]:
         """The answer to one request as text chunks, as they are generated; joined, they are the
         text `answer` returns (whitespace at either end left out). Beam search cannot stream:
-        num_beams must be 1."""
+        num_beams must be 1. A stream left unread still generates to its end (holding the
+        engine's lock) before the next call runs."""
         from transformers import TextIteratorStreamer
 
         from mmlora.evaluation.generate import generate_answers

@@ -20,7 +20,7 @@ from mmlora.inference.engine import GenerationSettings
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
 )
-from mmlora.inference.inputs import ImageRules, Item, read_items
+from mmlora.inference.inputs import ImageRules, Item, items_from_flags, read_items
 from mmlora.inference.predictions import PredictionWriter, answered_keys, check_output, line_key
 
 LOG_EVERY_S = 10.0
@@ -109,6 +109,17 @@ def cmd_infer(args) -> int:
     print(f"mmlora: answered {len(answered)} request(s) into {args.output}{already}"
           + (f"; skipped {skipped} (see above)" if skipped else ""), file=sys.stderr)
     return 1 if skipped else 0
+
+
+def answer_one(model: str | None, adapter: str | None, image: str, prompt: str, max_new_tokens: int = 128,
+               min_pixels: int | None = None, max_pixels: int | None = None) -> str:
+    """Load the model (+ adapter, merged in) and answer one prompt about one image, greedily;
+    the image and prompt are checked before the weights load."""
+    from mmlora.inference.engine import InferenceEngine
+
+    item = decoded(items_from_flags([image], prompt, None, ImageRules())[0], strict=True)
+    engine = InferenceEngine.load(model, adapter, min_pixels, max_pixels)
+    return engine.answer([item.request], GenerationSettings(max_new_tokens))[0]
 
 
 def decoded(item: Item, strict: bool) -> Item | None:

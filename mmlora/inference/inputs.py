@@ -60,7 +60,12 @@ def _item(images: list, shown_images: list, prompt: str, system: str | None, whe
 def items_from_flags(images: list[str], prompt: str, system: str | None, rules: ImageRules) -> list[Item]:
     """The one request of `--image ... --prompt ...` (several images: one prompt about all)."""
     resolved = resolve_images(images, "--image", allow_urls=rules.allow_urls)
-    return [_item(resolved, images, prompt, system, "--image")]
+    item = _item(resolved, images, prompt, system, "--image")
+    try:
+        request_sample(item.request, prompt_field="--prompt")  # `<image>` markers, before the model loads
+    except RowError as err:
+        raise MmloraError(err.detail) from None
+    return [item]
 
 
 def items_from_folder(folder: Path, prompt: str, system: str | None) -> tuple[list[Item], int]:

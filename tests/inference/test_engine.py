@@ -88,3 +88,32 @@ def test_bad_references_name_the_request(tmp_path):
     shipped = resolve_images([f"{IMAGES}/blue_circle_black_112x112.png"], "cli", root=tmp_path)
     assert shipped[0].is_file()
     assert resolve_images(["http://x/a.png"], "cli", allow_urls=True) == ["http://x/a.png"]
+
+
+def test_url_and_data_uri_images_answer_like_the_local_file(engine, tmp_path, monkeypatch):
+    import base64
+    import functools
+    import http.server
+    import threading
+
+    from mmlora.config.paths import assets_dir
+
+    served = assets_dir() / "demo" / "images"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    name = "blue_circle_black_112x168.png"
+    url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
+    data_uri = "data:image/png;base64," + base64.b64encode((served / name).read_bytes()).decode()
+    settings = GenerationSettings(max_new_tokens=6)
+    try:
+        with pytest.raises(RowError, match="is a URL; fetching URLs is off"):
+            engine.answer([Request("What color?", [url])], settings)
+        engine.allow_urls = True
+        answers = engine.answer([Request("What color?", [url]), Request("What color?", [data_uri]),
+                                 Request("What color?", [str(served / name)])], settings)
+    finally:
+        server.shutdown()
+    assert answers[0] == answers[1] == answers[2]

@@ -133,3 +133,18 @@ def test_resume_refuses_a_file_that_is_not_an_answers_file(tmp_path):
     other.write_text('{"image": "a.png", "answer": "red"}\n')
     with pytest.raises(MmloraError, match=r"data\.jsonl:1: not an answer line of `mmlora infer`"):
         answered_keys(other)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--images", "imgs"], "--prompt is required"),
+    (["--images", "imgs", "--prompt", "x"], "--images needs --output FILE.jsonl"),
+    (["--images", "q.jsonl", "--output", "p.jsonl"], "--images q.jsonl does not exist"),
+    (["--images", "imgs/notes.txt", "--output", "p.jsonl"], "expected a folder or a .jsonl file"),
+    (["--image", "imgs", "--prompt", "x"], "--image imgs is a directory"),
+    (["--image", f"imgs/{SHAPES[0]}", "--prompt", "<image> <image>"], "--prompt has 2 <image> marker(s)"),
+    (["--images", "imgs", "--prompt", "x", "--output", "imgs"], "--output imgs is a folder"),
+])
+def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extra, message):
+    assert main(["infer", "--model", "tiny/qwen2-vl", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmlora: error: ") and message in err[0], err
