@@ -64,7 +64,7 @@ def stream_events(engine: InferenceEngine, call: ChatCall):
 def _parse(body, served: str, allow_urls: bool) -> ChatCall:
     call = parse_chat_call(body, served, allow_urls)
     try:
-        request_sample(call.request)  # prompt/marker problems answer 400 here, not inside a batch
+        request_sample(call.request, "the last user message")  # a 400 here, not a failed batch
     except RowError as err:
         raise ApiError(400, err.detail, "messages", code=err.reason) from None
     return call
