@@ -9,8 +9,8 @@ visible, else transformers, and says which and why.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shlex
-import subprocess
 import sys
 
 from mmlora.errors import MmloraError
@@ -113,7 +113,12 @@ def serve_vllm(args, served: str) -> int:
     if not usable:
         raise MmloraError(f"--backend vllm: {why_not}; install vLLM on a CUDA machine (pip install vllm), or use "
                           "--backend transformers.")
-    return subprocess.call(command.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # vLLM replaces this process: Ctrl-C and SIGTERM reach it directly and it shuts down cleanly
+    # (a child under subprocess.call would be killed outright on Ctrl-C).
+    os.execv(command.argv[0], command.argv)
+    return 1  # not reached
 
 
 def serve_transformers(args, served: str) -> int:

@@ -126,7 +126,9 @@ def test_cli_dry_run_prints_the_command_and_the_backend_choice(saved, capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(not vllm_available()[0], reason="needs vLLM and a CUDA GPU")
 def test_vllm_serves_the_adapter_with_tower_connector_lora(saved, tmp_path):
-    """`mmlora serve --backend vllm` starts vLLM's OpenAI server; the adapter answers by name."""
+    """`mmlora serve --backend vllm` starts vLLM's OpenAI server; the adapter (LoRA on the vision
+    tower and projector too) answers by name, and vLLM does not log that it dropped modules. The
+    tiny twin is the only model on an offline GPU machine; vLLM must take its small shapes."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -153,7 +155,8 @@ def test_vllm_serves_the_adapter_with_tower_connector_lora(saved, tmp_path):
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
         assert answer["choices"][0]["message"]["role"] == "assistant"
-        assert "does not support" not in (tmp_path / "vllm.log").read_text()
+        logged = (tmp_path / "vllm.log").read_text()
+        assert "will be ignored" not in logged, logged[-3000:]  # vLLM's warning when it drops tower LoRA
     finally:
         server.terminate()
         server.wait(timeout=60)
