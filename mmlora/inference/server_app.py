@@ -83,9 +83,11 @@ def build_app(engine: InferenceEngine, served: str, allow_urls: bool = False, ui
         return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_, err: HTTPException):  # unknown route, wrong method
+    async def http_error(http: HttpRequest, err: HTTPException):  # unknown route, wrong method
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
-        return JSONResponse(ApiError(err.status_code, str(err.detail), kind=kind).body(), status_code=err.status_code)
+        message = (f"{err.detail}: {http.method} {http.url.path}. This server answers GET /v1/models and "
+                   f"POST /v1/chat/completions{' (and GET / with the try-it page)' if ui else ''}.")
+        return JSONResponse(ApiError(err.status_code, message, kind=kind).body(), status_code=err.status_code)
 
     @app.exception_handler(Exception)
     async def server_error(_, err: Exception):

@@ -177,6 +177,9 @@ def test_client_raises_the_matching_openai_errors(client, server):
             {"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}]}])
     code, answer = post(server, {}, "/v1/nothing-here")
     assert code == 404 and answer["error"]["type"] == "not_found_error"
+    assert answer["error"]["message"].startswith("Not Found: POST /v1/nothing-here. This server answers GET /v1/models")
+    code, answer = post(server, {}, "/v1/models")
+    assert code == 405 and "Method Not Allowed: POST /v1/models" in answer["error"]["message"]
 
 
 def png_data_url(width: int, height: int) -> str:
