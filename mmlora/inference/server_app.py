@@ -12,6 +12,7 @@ shape with its status code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -73,10 +74,15 @@ def _parse(body, served: str, allow_urls: bool) -> ChatCall:
 def build_app(engine: InferenceEngine, served: str, allow_urls: bool = False, ui: bool = False,
               max_batch: int = 8) -> FastAPI:
     """The app serving `engine` under the model id `served` (see the module docstring)."""
-    app = FastAPI(title="mmlora serve", docs_url=None, redoc_url=None, openapi_url=None)
     batcher = Batcher(engine, max_batch=max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        batcher.close()  # the server stops: finish the queued requests, end the worker thread
+
+    app = FastAPI(title="mmlora serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.batcher = batcher
-    app.router.add_event_handler("shutdown", batcher.close)
 
     @app.exception_handler(ApiError)
     async def api_error(_, err: ApiError):

@@ -50,3 +50,4 @@ def api_server(tmp_path_factory):
     yield Served(f"http://127.0.0.1:{port}", app, folder, "my-tiny", max_pixels)
     runner.should_exit = True
     thread.join(timeout=30)
+    assert not app.state.batcher._worker.is_alive(), "the server stopped but its batcher thread did not"
