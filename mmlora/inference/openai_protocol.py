@@ -18,13 +18,12 @@ Errors are `ApiError`s carrying OpenAI's error body `{"error": {"message", "type
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-from mmlora.data.images import MAX_DOWNLOAD_BYTES, load_image
+from mmlora.data.images import MAX_DOWNLOAD_BYTES, load_image, resolve_image
 from mmlora.data.samples import IMAGE_MARKER, RowError
 from mmlora.inference.engine import GenerationSettings, Request, Turn
 
@@ -96,33 +95,24 @@ def decode_image_url(url, where: str, allow_urls: bool):
     if not isinstance(url, str) or not url.strip():
         raise ApiError(400, f"{where}: image_url.url must be a non-empty string.", "messages")
     url = url.strip()
-    if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if not header.endswith(";base64"):
-            raise ApiError(400, f"{where}: a data URL image must be base64-encoded (data:image/png;base64,...).",
-                           "messages", code="invalid_image")
-        if len(payload) > (MAX_DOWNLOAD_BYTES // 3 + 1) * 4:  # checked before decoding
-            raise ApiError(400, f"{where}: the image is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB.",
-                           "messages", code="image_too_large")
-        try:
-            ref = base64.b64decode(payload, validate=True)
-        except binascii.Error as err:
-            raise ApiError(400, f"{where}: the data URL is not valid base64 ({err}).", "messages",
-                           code="invalid_image") from None
-    elif url.startswith(("http://", "https://")):
-        if not allow_urls:
-            raise ApiError(400, f"{where}: image URLs are not fetched by this server; send the image as a "
-                                "data URL (data:image/png;base64,...), or start it with --allow-urls.",
-                           "messages", code="url_not_allowed")
-        ref = url
-    else:
+    if url.startswith(("http://", "https://")) and not allow_urls:
+        raise ApiError(400, f"{where}: image URLs are not fetched by this server; send the image as a "
+                            "data URL (data:image/png;base64,...), or start it with --allow-urls.",
+                       "messages", code="url_not_allowed")
+    if not url.startswith(("data:", "http://", "https://")):  # never a path on the server
         raise ApiError(400, f"{where}: image_url.url must be a data URL (data:image/png;base64,...)"
                             f"{' or an http(s) URL' if allow_urls else ''}; got '{url[:40]}'.",
                        "messages", code="invalid_image")
+    payload = url.partition(",")[2] if url.startswith("data:") else ""
+    if len(payload) > (MAX_DOWNLOAD_BYTES // 3 + 1) * 4:  # base64 of more than the cap, before decoding
+        raise ApiError(400, f"{where}: the image is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB.",
+                       "messages", code="image_too_large")
     try:
-        return load_image(ref, where=where)
+        # The data layer decodes data: URIs and fetches URLs (size-capped, cached), then checks
+        # the image as it checks training images.
+        return load_image(resolve_image(url, Path.cwd(), allow_urls=True), where=where)
     except RowError as err:
-        raise ApiError(400, str(err), "messages", code=err.reason) from None
+        raise ApiError(400, f"{where}: {err.detail}", "messages", code=err.reason) from None
 
 
 def _content(content, where: str, allow_urls: bool, images_allowed: bool) -> tuple[str, list]:
