@@ -161,3 +161,18 @@ def test_vllm_serves_the_adapter_with_tower_connector_lora(saved, tmp_path):
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+def test_vllm_is_used_only_when_importable_and_cuda_is_visible(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert vllm_available() == (False, "vLLM is not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: real("json") if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert vllm_available() == (False, "no CUDA device is visible")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert vllm_available() == (True, "")
