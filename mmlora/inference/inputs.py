@@ -100,7 +100,7 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError("bad_row", "field \"image\" (a path or URL) or \"images\" (a list of them) is missing or empty")
     text = row.get("prompt", row.get("question", prompt))
     if not isinstance(text, str) or not text.strip():
-        raise RowError("missing_question", "field \"prompt\" is missing or empty (or give --prompt for every line)")
+        raise RowError("missing_question", "field \"prompt\" is missing, empty or not text (or give --prompt for every line)")
     line_system = row.get("system", system)
     if line_system is not None and not isinstance(line_system, str):
         raise RowError("bad_row", "field \"system\" must be text")

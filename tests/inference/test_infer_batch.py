@@ -39,7 +39,7 @@ BAD = [  # (line, the located message expected in the log)
     ('{"image": "imgs/missing.png", "prompt": "x"}', 'q.jsonl:4: field "image": image \'imgs/missing.png\' not found'),
     ("not json", "q.jsonl:5: not a valid JSON line"),
     ('{"image": "../a.png", "prompt": "x"}', 'q.jsonl:6: field "image": image \'../a.png\' is outside'),
-    ('{"image": "imgs/broken.png"}', 'q.jsonl:7: field "prompt" is missing or empty'),
+    ('{"image": "imgs/broken.png"}', 'q.jsonl:7: field "prompt" is missing, empty or not text'),
     ('{"image": "imgs/broken.png", "prompt": "x"}', 'q.jsonl:8: field "image": cannot read image'),
     ('{"image": "http://example.com/a.png", "prompt": "x"}', 'q.jsonl:9: field "image": image '
                                                              "'http://example.com/a.png' is a URL; fetching URLs is off"),
