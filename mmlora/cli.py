@@ -18,6 +18,7 @@ from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
 from mmlora.inference.chat import register as register_chat
 from mmlora.inference.export import register as register_export
 from mmlora.inference.infer import register as register_infer
+from mmlora.inference.serve_cli import register as register_serve
 
 EPILOG = """examples:
   mmlora demo                                   offline tiny-model demo (CPU, ~2 min)
@@ -33,6 +34,7 @@ EPILOG = """examples:
   mmlora infer --model tiny/qwen2-vl --images photos/ --prompt "Describe." --output preds.jsonl   batched
   mmlora chat --adapter runs/tiny_vqa               multi-turn chat in the terminal (/image PATH, /reset)
   mmlora export runs/tiny_vqa                       vLLM check (modules, flags) and a model card
+  mmlora serve --adapter runs/tiny_vqa --ui         OpenAI-compatible API on :8000 (+ a try-it page at /)
 """
 
 
@@ -313,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="destination directory")
     p.add_argument("--model-id", default="tiny/qwen2-vl")
     p.set_defaults(func=cmd_tiny)
+    register_serve(sub)
     return parser
 
 
