@@ -1,0 +1,170 @@
+"""Encode each image once: a cache of the frozen vision tower's (and projector's) features.
+
+With the vision tower and projector frozen, an image's features are the same every epoch and
+for every evaluation. `install_vision_cache` wraps the inner model's `get_image_features` (the
+one place every family computes them, families/features.py) so that each image of a call is
+looked up by its key, only the missing images run through the tower (in one call, in batch
+order), and the per-image features are joined back as the family's forward expects.
+
+The key of one image: a blake2b hash of the exact tensors the tower would receive for it
+(its processed pixels and grid: the image's content after resizing, so the processor's bounds
+and normalisation are in it) and of the call's options. The namespace (a folder of the disk
+cache) hashes what else decides the features: the model id and revision, the dtype, the
+transformers version, the model's config, the processor's bounds and a fingerprint of every
+weight and buffer of the frozen tower and projector. Changing any of them starts a new
+namespace, so a stale entry is never read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+from pathlib import Path
+
+from mmlora.errors import MmloraError
+from mmlora.models.families import Family, find_module, projector_modules
+from mmlora.models.vision_store import FeatureStore, default_cache_dir, tensor_bytes
+
+log = logging.getLogger(__name__)
+
+_MARK = "_mmlora_vision_cache"
+
+
+def _inner_model(model):
+    """The module that owns get_image_features (the *Model inside *ForConditionalGeneration)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base, base.model
+
+
+def _frozen_parts(base, family: Family) -> list:
+    parts = [find_module(base, family.vision_tower, family)]
+    return parts + [base.get_submodule(name) for name in projector_modules(base, family)]
+
+
+def why_not_cacheable(model, family: Family) -> str | None:
+    """Why this model's image features cannot be cached, or None when they can."""
+    if family.feature_layout is None:
+        return f"the {family.name} family is not supported: {family.feature_cache_refusal}"
+    base, _ = _inner_model(model)
+    parts = _frozen_parts(base, family)
+    if any(p.requires_grad for part in parts for p in part.parameters()):
+        return "the vision tower or projector is trained (lora.vision / lora.projector), so features change every step"
+    if any(getattr(p, "ds_id", None) is not None for part in parts for p in part.parameters()):
+        return "DeepSpeed ZeRO-3 shards the tower: every rank must run it each step to gather its weights"
+    for part in parts:
+        for module in part.modules():
+            if type(module).__name__ == "Dropout" and module.p > 0:
+                return "the vision tower or projector uses dropout, so its features differ between runs"
+    vision_config = getattr(base.config, "vision_config", None)
+    for name in ("attention_dropout", "dropout", "hidden_dropout", "hidden_dropout_prob"):
+        if (getattr(vision_config, name, 0.0) or 0.0) > 0:
+            return f"the vision tower uses dropout (vision_config.{name} > 0), so its features differ between runs"
+    return None
+
+
+def weights_fingerprint(model, family: Family) -> str:
+    """blake2b over every parameter and buffer of the tower and projector (names, dtypes, bytes)."""
+    base, _ = _inner_model(model)
+    hasher = hashlib.blake2b(digest_size=20)
+    for part in _frozen_parts(base, family):
+        for name, tensor in [*part.named_parameters(), *part.named_buffers()]:
+            hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            hasher.update(tensor_bytes(tensor))
+    return hasher.hexdigest()
+
+
+def namespace_of(model, family: Family, bounds: dict) -> tuple[str, dict]:
+    """The namespace hash and the facts it is made of (written to the folder's about.json)."""
+    import transformers
+
+    base, _ = _inner_model(model)
+    config = base.config.to_dict()
+    config.pop("_name_or_path", None)
+    facts = {
+        "model": str(getattr(base.config, "_name_or_path", "")),
+        "revision": getattr(base.config, "_commit_hash", None),
+        "dtype": str(next(base.parameters()).dtype),
+        "transformers": transformers.__version__,
+        "family": family.name,
+        "processor_bounds": bounds,
+        "config": hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=16).hexdigest(),
+        "weights": weights_fingerprint(model, family),
+    }
+    text = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest(), facts
+
+
+def image_key(unit: dict, options: str) -> str:
+    """The key of one image: its input tensors as the tower receives them, and the call's options."""
+    hasher = hashlib.blake2b(options.encode(), digest_size=20)
+    for name in sorted(unit):
+        tensor = unit[name]
+        hasher.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        hasher.update(tensor_bytes(tensor))
+    return hasher.hexdigest()
+
+
+def open_store(model, family: Family, bounds: dict, directory: str | None, memory_budget: int,
+               use_disk: bool = True) -> FeatureStore:
+    """A FeatureStore for this model's namespace under `directory` (default: default_cache_dir())."""
+    namespace, facts = namespace_of(model, family, bounds)
+    folder = None
+    if use_disk:
+        folder = (Path(directory).expanduser() if directory else default_cache_dir()) / namespace
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            about = folder / "about.json"
+            if not about.exists():
+                about.write_text(json.dumps(facts, indent=2, default=str) + "\n")
+        except OSError as error:
+            raise MmloraError(f"train.vision_cache_dir: cannot write to {folder} ({error.strerror}). "
+                              "Point train.vision_cache_dir at a writable folder, or set train.vision_cache=off.") from None
+    return FeatureStore(folder, namespace, memory_budget)
+
+
+def install_vision_cache(model, family: Family, store: FeatureStore) -> None:
+    """Make `model` (PeftModel or plain) read image features from `store`, computing only misses.
+
+    Installing again replaces the store (e.g. after merging an adapter into the weights)."""
+    _, inner = _inner_model(model)
+    original = getattr(inner, _MARK, None) or inner.get_image_features
+    layout = family.feature_layout
+    signature = inspect.signature(original)
+    extra = next((p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+
+    @functools.wraps(original)
+    def cached_get_image_features(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        arguments.update(arguments.pop(extra, None) or {})
+        inputs = {name: arguments.pop(name) for name in layout.inputs if arguments.get(name) is not None}
+        if len(inputs) != len(layout.inputs) or any(hasattr(v, "shape") for v in arguments.values()):
+            return original(*args, **kwargs)  # a call shape the layout does not describe: uncached
+        options = json.dumps({k: v for k, v in arguments.items() if k != "return_dict"}, sort_keys=True, default=str)
+        units = layout.split_inputs(inputs)
+        keys = [image_key(unit, options) for unit in units]
+        found = [store.get(key) for key in keys]
+        missing = [i for i, features in enumerate(found) if features is None]
+        device = inputs["pixel_values"].device
+        if missing:
+            computed = layout.split_outputs(original(**layout.join_inputs([units[i] for i in missing]), **arguments))
+            for i, features in zip(missing, computed):
+                found[i] = {name: t.detach() for name, t in features.items()}
+                store.put(keys[i], {name: t.cpu().clone() for name, t in found[i].items()})
+        return layout.join_outputs([{n: t.to(device) for n, t in f.items()} for f in found])
+
+    setattr(inner, _MARK, original)
+    inner.get_image_features = cached_get_image_features  # instance attribute: forward calls self.get_image_features
+    inner.mmlora_vision_store = store
+
+
+def remove_vision_cache(model) -> None:
+    """Undo install_vision_cache (the model computes every image again)."""
+    _, inner = _inner_model(model)
+    original = getattr(inner, _MARK, None)
+    if original is not None:
+        del inner.get_image_features
+        delattr(inner, _MARK)
+        del inner.mmlora_vision_store
