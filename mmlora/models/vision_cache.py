@@ -98,7 +98,10 @@ def namespace_of(model, family: Family, bounds: dict) -> tuple[str, dict]:
 
 
 def image_key(unit: dict, options: str) -> str:
-    """The key of one image: its input tensors as the tower receives them, and the call's options."""
+    """The key of one image: its input tensors as the tower receives them, and the call's options
+    (get_image_features' named arguments, e.g. LLaVA's vision_feature_layer). Its **kwargs are
+    not part of the key: the forward hands on there what the *text* side was given (the
+    Trainer's num_items_in_batch, shift_labels), which does not change the features."""
     hasher = hashlib.blake2b(options.encode(), digest_size=20)
     for name in sorted(unit):
         tensor = unit[name]
@@ -138,22 +141,25 @@ def install_vision_cache(model, family: Family, store: FeatureStore) -> None:
     @functools.wraps(original)
     def cached_get_image_features(*args, **kwargs):
         arguments = signature.bind(*args, **kwargs).arguments
-        arguments.update(arguments.pop(extra, None) or {})
+        passed_on = arguments.pop(extra, None) or {}
         inputs = {name: arguments.pop(name) for name in layout.inputs if arguments.get(name) is not None}
-        if len(inputs) != len(layout.inputs) or any(hasattr(v, "shape") for v in arguments.values()):
+        options = {k: v for k, v in arguments.items() if k != "return_dict"}
+        if len(inputs) != len(layout.inputs) or any(hasattr(v, "shape") for v in options.values()):
+            store.stats.uncached_calls += 1
             return original(*args, **kwargs)  # a call shape the layout does not describe: uncached
-        options = json.dumps({k: v for k, v in arguments.items() if k != "return_dict"}, sort_keys=True, default=str)
+        options = json.dumps(options, sort_keys=True, default=str)
         units = layout.split_inputs(inputs)
         keys = [image_key(unit, options) for unit in units]
-        found = [store.get(key) for key in keys]
-        missing = [i for i, features in enumerate(found) if features is None]
-        device = inputs["pixel_values"].device
+        features = {key: store.get(key) for key in dict.fromkeys(keys)}  # an image twice in a batch: once
+        missing = [key for key, value in features.items() if value is None]
         if missing:
-            computed = layout.split_outputs(original(**layout.join_inputs([units[i] for i in missing]), **arguments))
-            for i, features in zip(missing, computed):
-                found[i] = {name: t.detach() for name, t in features.items()}
-                store.put(keys[i], {name: t.cpu().clone() for name, t in found[i].items()})
-        return layout.join_outputs([{n: t.to(device) for n, t in f.items()} for f in found])
+            first = {key: keys.index(key) for key in missing}
+            missed = layout.join_inputs([units[first[key]] for key in missing])
+            for key, computed in zip(missing, layout.split_outputs(original(**missed, **arguments, **passed_on))):
+                features[key] = {name: t.detach() for name, t in computed.items()}
+                store.put(key, {name: t.cpu().clone() for name, t in features[key].items()})
+        device = inputs["pixel_values"].device
+        return layout.join_outputs([{n: t.to(device) for n, t in features[key].items()} for key in keys])
 
     setattr(inner, _MARK, original)
     inner.get_image_features = cached_get_image_features  # instance attribute: forward calls self.get_image_features

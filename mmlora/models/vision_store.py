@@ -60,6 +60,8 @@ class StoreStats:
     """Bytes this process wrote to disk."""
     entries: int = 0
     """Entries this process stored."""
+    uncached_calls: int = 0
+    """get_image_features calls whose arguments the family's layout does not describe (run as is)."""
 
 
 @dataclass
