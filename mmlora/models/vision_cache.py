@@ -44,12 +44,18 @@ def _frozen_parts(base, family: Family) -> list:
     return parts + [base.get_submodule(name) for name in projector_modules(base, family)]
 
 
-def why_not_cacheable(model, family: Family) -> str | None:
-    """Why this model's image features cannot be cached, or None when they can."""
+def why_not_cacheable(model, family: Family, training: bool = True) -> str | None:
+    """Why this model's image features cannot be cached, or None when they can.
+
+    `training=False` (evaluation, generation): weights do not change while the cache is used, and
+    a weight change between models (a merged adapter) changes the namespace, so `requires_grad`
+    and dropout do not matter."""
     if family.feature_layout is None:
         return f"the {family.name} family is not supported: {family.feature_cache_refusal}"
     base, _ = _inner_model(model)
     parts = _frozen_parts(base, family)
+    if not training:
+        return None
     if any(p.requires_grad for part in parts for p in part.parameters()):
         return "the vision tower or projector is trained (lora.vision / lora.projector), so features change every step"
     if any(getattr(p, "ds_id", None) is not None for part in parts for p in part.parameters()):

@@ -26,7 +26,10 @@ SUBDIR = "vision-features"
 
 
 def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/mmlora/vision-features, i.e. ~/.cache/mmlora/vision-features by default."""
+    """$MMLORA_VISION_CACHE_DIR when set, else $XDG_CACHE_HOME/mmlora/vision-features, i.e.
+    ~/.cache/mmlora/vision-features by default (used when train.vision_cache_dir is unset)."""
+    if os.environ.get("MMLORA_VISION_CACHE_DIR"):
+        return Path(os.environ["MMLORA_VISION_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "mmlora" / SUBDIR
 
 

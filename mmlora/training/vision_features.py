@@ -48,10 +48,14 @@ def sharded_tower(trainer) -> str | None:
     return None
 
 
+def recipe_bounds(recipe: Recipe) -> dict:
+    """The processor's bounds as the cache's namespace records them."""
+    return {"min_pixels": recipe.model.min_pixels, "max_pixels": recipe.model.max_pixels}
+
+
 def open_recipe_store(model, family, recipe: Recipe) -> FeatureStore:
     """The store the recipe's train.vision_cache_dir / vision_cache_memory describe, for this model."""
-    bounds = {"min_pixels": recipe.model.min_pixels, "max_pixels": recipe.model.max_pixels}
-    return open_store(model, family, bounds, recipe.train.vision_cache_dir,
+    return open_store(model, family, recipe_bounds(recipe), recipe.train.vision_cache_dir,
                       parse_bytes(recipe.train.vision_cache_memory, "train.vision_cache_memory"))
 
 
