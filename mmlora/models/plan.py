@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from mmlora.config.schema import Recipe
+from mmlora.models.cache_plan import vision_cache_lines
 from mmlora.models.lora import (
     ParameterCount, apply_lora, count_parameters, format_adapted_modules, format_parameter_table,
 )
@@ -34,6 +35,8 @@ class Plan:
     source_note: str = "config only, no weights read"
     base_parameters: int = 0
     """Parameters of the checkpoint itself, before LoRA (tied weights once, as safetensors stores them)."""
+    family_spec: object = None
+    config: object = None
 
     def count(self, component: str) -> ParameterCount:
         return next(c for c in self.counts if c.component == component)
@@ -118,7 +121,7 @@ def make_plan(recipe: Recipe) -> Plan:
     visual, note = visual_token_table(recipe, family, config, resolved.source)
     return Plan(recipe.model.name, family.name, count_parameters(model, family), model.mmlora_adapted,
                 adapter_bytes, _weights_bytes(model, model.mmlora_adapted, recipe.model.quantization),
-                visual, note, describe_source(resolved, recipe.model), base_parameters)
+                visual, note, describe_source(resolved, recipe.model), base_parameters, family, config)
 
 
 def _size(n: float) -> str:
@@ -147,6 +150,8 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
     if plan.visual_note:
         lines.append(f"  ({plan.visual_note})")
     lines.append(memory_section(recipe, plan))
+    visual = next((n for label, n in plan.visual_tokens if "max_pixels" in label), 0)
+    lines.append(vision_cache_lines(recipe, plan.family_spec, plan.config, visual, _dtype(recipe).itemsize))
     return "\n".join(lines)
 
 
