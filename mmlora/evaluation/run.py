@@ -167,8 +167,9 @@ def shared_feature_store(model, family, recipe: Recipe, store=None):
     Installed on the base model first, then on the merged one: the store is kept when the tower
     and projector weights are unchanged (same namespace), and a new one is opened when the
     adapter trained them, so the fine-tuned model never reads the base model's features."""
-    from mmlora.models.vision_cache import install_vision_cache, namespace_of, why_not_cacheable
-    from mmlora.training.vision_features import open_recipe_store, recipe_bounds
+    from mmlora.models.vision_cache import (
+        install_vision_cache, namespace_of, open_recipe_store, recipe_bounds, why_not_cacheable,
+    )
 
     if recipe.train.vision_cache == "off" or why_not_cacheable(model, family, training=False) is not None:
         return None

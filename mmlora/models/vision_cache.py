@@ -24,6 +24,7 @@ import json
 import logging
 from pathlib import Path
 
+from mmlora.config.sizes import parse_bytes
 from mmlora.errors import MmloraError
 from mmlora.models.families import Family, find_module, projector_modules
 from mmlora.models.vision_store import FeatureStore, default_cache_dir, tensor_bytes
@@ -116,22 +117,30 @@ def image_key(unit: dict, options: str) -> str:
     return hasher.hexdigest()
 
 
-def open_store(model, family: Family, bounds: dict, directory: str | None, memory_budget: int,
-               use_disk: bool = True) -> FeatureStore:
+def open_store(model, family: Family, bounds: dict, directory: str | None, memory_budget: int) -> FeatureStore:
     """A FeatureStore for this model's namespace under `directory` (default: default_cache_dir())."""
     namespace, facts = namespace_of(model, family, bounds)
-    folder = None
-    if use_disk:
-        folder = (Path(directory).expanduser() if directory else default_cache_dir()) / namespace
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            about = folder / "about.json"
-            if not about.exists():
-                about.write_text(json.dumps(facts, indent=2, default=str) + "\n")
-        except OSError as error:
-            raise MmloraError(f"train.vision_cache_dir: cannot write to {folder} ({error.strerror}). "
-                              "Point train.vision_cache_dir at a writable folder, or set train.vision_cache=off.") from None
+    folder = (Path(directory).expanduser() if directory else default_cache_dir()) / namespace
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        about = folder / "about.json"
+        if not about.exists():
+            about.write_text(json.dumps(facts, indent=2, default=str) + "\n")
+    except OSError as error:
+        raise MmloraError(f"train.vision_cache_dir: cannot write to {folder} ({error.strerror}). "
+                          "Point train.vision_cache_dir at a writable folder, or set train.vision_cache=off.") from None
     return FeatureStore(folder, namespace, memory_budget)
+
+
+def recipe_bounds(recipe) -> dict:
+    """The processor's bounds as the cache's namespace records them."""
+    return {"min_pixels": recipe.model.min_pixels, "max_pixels": recipe.model.max_pixels}
+
+
+def open_recipe_store(model, family, recipe) -> FeatureStore:
+    """The store the recipe's train.vision_cache_dir / vision_cache_memory describe, for this model."""
+    return open_store(model, family, recipe_bounds(recipe), recipe.train.vision_cache_dir,
+                      parse_bytes(recipe.train.vision_cache_memory, "train.vision_cache_memory"))
 
 
 def install_vision_cache(model, family: Family, store: FeatureStore) -> None:

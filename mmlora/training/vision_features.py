@@ -15,8 +15,7 @@ import logging
 from transformers import TrainerCallback
 
 from mmlora.config.schema import Recipe
-from mmlora.config.sizes import parse_bytes
-from mmlora.models.vision_cache import install_vision_cache, open_store, why_not_cacheable
+from mmlora.models.vision_cache import install_vision_cache, open_recipe_store, why_not_cacheable
 from mmlora.models.vision_store import FeatureStore
 from mmlora.training.ranks import is_main_process
 
@@ -46,17 +45,6 @@ def sharded_tower(trainer) -> str | None:
     if plugin is not None and plugin.zero_stage == 3:
         return "DeepSpeed ZeRO-3 shards the vision tower: every rank must run it each step to gather its weights"
     return None
-
-
-def recipe_bounds(recipe: Recipe) -> dict:
-    """The processor's bounds as the cache's namespace records them."""
-    return {"min_pixels": recipe.model.min_pixels, "max_pixels": recipe.model.max_pixels}
-
-
-def open_recipe_store(model, family, recipe: Recipe) -> FeatureStore:
-    """The store the recipe's train.vision_cache_dir / vision_cache_memory describe, for this model."""
-    return open_store(model, family, recipe_bounds(recipe), recipe.train.vision_cache_dir,
-                      parse_bytes(recipe.train.vision_cache_memory, "train.vision_cache_memory"))
 
 
 def attach_training_cache(trainer, family, recipe: Recipe, train_samples: int, world: int = 1) -> FeatureStore | None:
