@@ -1,8 +1,9 @@
 """`python bench/run.py --workload vision-cache`: what train.vision_cache gains over 3 epochs.
 
-The CPU model is a Qwen2-VL with its widths scaled down and its vision depth chosen so that the
-vision-to-language FLOP ratio per sample equals Qwen2-VL-2B's at 448x448 px, computed below from
-the published config (bench/workloads.py QWEN2_VL_2B) with the same formulas for both models.
+The CPU model is a Qwen2-VL with its widths scaled down and its language MLP width chosen so
+that the vision-to-language FLOP ratio per sample equals Qwen2-VL-2B's at 448x448 px, computed
+below from the published config (bench/workloads.py QWEN2_VL_2B) with the same formulas for
+both models (tests/bench/test_vision_cache_bench.py checks them against torch's FLOP counter).
 Each configuration trains 3 epochs over the same data; the first epoch (which fills the cache)
 is left out of the throughput, so tokens/s is that of epochs 2-3. With the cache on, the vision
 tower runs only in epoch 1: the speed-up cannot exceed 1 / (1 - vision share of a step).
@@ -59,23 +60,25 @@ def published_ratio(checkpointing: bool) -> tuple[float, float, float]:
     return vision, language, vision / language
 
 
-def scaled_config(tokens: int, answer_tokens: int) -> dict:
-    """The CPU model: widths scaled down (language hidden 384 in 4 layers, vision 384 wide and 2
-    deep, 224x224 px = 256 patches); the language MLP width is then chosen (in steps of 32) so
-    that the ratio without checkpointing at `tokens` tokens per sample matches the published one."""
+def scaled_config(tokens: int, answer_tokens: int, width: int = 1024, layers: int = 1, depth: int = 1) -> dict:
+    """The CPU model: widths scaled down (language `layers` layers and vision `depth` blocks, both
+    `width` wide; 224x224 px = 256 patches); the language MLP width is then chosen (in steps of
+    32) so that the ratio without checkpointing at `tokens` tokens per sample matches the
+    published one."""
     config = json.loads(json.dumps(QWEN2_VL_2B))
-    config["text_config"].update(hidden_size=384, num_hidden_layers=4, num_attention_heads=6,
+    heads = width // 64
+    config["text_config"].update(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                                  num_key_value_heads=2, vocab_size=512,
                                  rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12],
                                                   "rope_theta": 1000000.0})
-    config["vision_config"].update(embed_dim=384, hidden_size=384, num_heads=6, depth=2)
+    config["vision_config"].update(embed_dim=width, hidden_size=width, num_heads=heads, depth=depth)
     target, vision = published_ratio(False)[2], vision_flops(config["vision_config"], 256)
 
-    def miss(width: int) -> float:
-        text = {**config["text_config"], "intermediate_size": width}
+    def miss(mlp: int) -> float:
+        text = {**config["text_config"], "intermediate_size": mlp}
         return abs(vision / language_flops(text, tokens, answer_tokens, 16, False) - target)
 
-    config["text_config"]["intermediate_size"] = min(range(256, 8192, 32), key=miss)
+    config["text_config"]["intermediate_size"] = min(range(256, 16384, 32), key=miss)
     return config
 
 
@@ -176,7 +179,7 @@ def run_bench(tmp: Path, device: str) -> tuple[str, float]:
     """All four runs; returns the Markdown report and the speed-up with checkpointing off."""
     side = 224 if device == "cpu" else 448
     if device == "cpu":
-        data, _ = write_inputs(tmp, scaled_config(86, 6), device)  # data first: its token counts fix the widths
+        data, _ = write_inputs(tmp, scaled_config(110, 8), device)  # data first: its token counts fix the widths
         tokens, answer = mean_tokens(data, str(tmp / "model"), side)
         config = scaled_config(round(tokens), round(answer))
     else:

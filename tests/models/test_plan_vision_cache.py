@@ -9,10 +9,9 @@ from PIL import Image
 from mmlora.config.loading import load_recipe
 from mmlora.data.collate import generation_batch
 from mmlora.data.samples import Sample, user_turn
-from mmlora.models.cache_plan import feature_bytes_per_image, vision_cache_lines
 from mmlora.models.families import family_for_model_type
 from mmlora.models.loading import load_model_and_processor
-from mmlora.models.plan import make_plan, visual_token_table
+from mmlora.models.plan import feature_bytes_per_image, make_plan, vision_cache_lines, visual_token_table
 from mmlora.models.published import resolve_config
 from mmlora.models.vision_cache import install_vision_cache, open_store
 
@@ -43,7 +42,7 @@ def test_plan_prints_the_cache_size_of_qwen2_vl_2b_at_448px():
     rows, _ = visual_token_table(recipe, family, resolved.config, resolved.source)
     tokens = next(n for label, n in rows if "max_pixels" in label)
     text = vision_cache_lines(recipe, family, resolved.config, tokens, 2)
-    assert "per image at max_pixels  768.0 KiB (256 tokens)" in text
+    assert "per image at max_pixels  768.0 KB (256 tokens)" in text
     assert "5,461 images fit train.vision_cache_memory=4GiB" in text
     trained = load_recipe("tiny_vqa")  # lora.projector: full
     assert vision_cache_lines(trained, family, resolved.config, tokens, 2).startswith(
