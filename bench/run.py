@@ -251,7 +251,7 @@ def vision_cache_report(args) -> int:
 
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="mmlora-bench-") as tmp:
-        body, _ = run_bench(Path(tmp), args.device)
+        body, _ = run_bench(Path(tmp), args.device, args.rounds)
     load.append(os.getloadavg()[0])
     import torch
 
@@ -259,7 +259,8 @@ def vision_cache_report(args) -> int:
         "# mmlora benchmark: vision-cache workload", "",
         f"Machine: {machine()}; torch threads: {torch.get_num_threads()}; 1-minute load average: "
         f"{min(load):.1f}-{max(load):.1f}{shared_note(load)}.", "",
-        f"Command: `python bench/run.py --workload vision-cache --device {args.device}` ({time.strftime('%Y-%m-%d')}). "
+        f"Command: `python bench/run.py --workload vision-cache --device {args.device} --rounds {args.rounds}` "
+        f"({time.strftime('%Y-%m-%d')}). "
         "tokens/s: real (non-padding) tokens per second over epochs 2-3 (epoch 1 fills the cache). "
         "See bench/README.md.", "", body, ""])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -143,10 +143,12 @@ def open_recipe_store(model, family, recipe) -> FeatureStore:
                       parse_bytes(recipe.train.vision_cache_memory, "train.vision_cache_memory"))
 
 
-def install_vision_cache(model, family: Family, store: FeatureStore) -> None:
+def install_vision_cache(model, family: Family, store: FeatureStore, in_training: bool = True) -> None:
     """Make `model` (PeftModel or plain) read image features from `store`, computing only misses.
 
-    Installing again replaces the store (e.g. after merging an adapter into the weights)."""
+    `in_training=False`: calls made while the model is in train mode bypass the cache (a run
+    whose training images are seen once caches only its evaluation). Installing again replaces
+    the store (e.g. after merging an adapter into the weights)."""
     _, inner = _inner_model(model)
     original = getattr(inner, _MARK, None) or inner.get_image_features
     layout = family.feature_layout
@@ -159,6 +161,8 @@ def install_vision_cache(model, family: Family, store: FeatureStore) -> None:
         passed_on = arguments.pop(extra, None) or {}
         inputs = {name: arguments.pop(name) for name in layout.inputs if arguments.get(name) is not None}
         options = {k: v for k, v in arguments.items() if k != "return_dict"}
+        if inner.training and not in_training:
+            return original(*args, **kwargs)
         if len(inputs) != len(layout.inputs) or any(hasattr(v, "shape") for v in options.values()):
             store.stats.uncached_calls += 1
             return original(*args, **kwargs)  # a call shape the layout does not describe: uncached

@@ -22,14 +22,20 @@ from mmlora.training.ranks import is_main_process
 log = logging.getLogger(__name__)
 
 
-def repeated_images(recipe: Recipe, train_samples: int, world: int = 1) -> str | None:
-    """Why images will be seen more than once in this run, or None when each is seen once."""
+def training_images_repeat(recipe: Recipe, train_samples: int, world: int = 1) -> str | None:
+    """Why training images will be seen more than once in this run, or None."""
     t = recipe.train
     per_step = t.batch_size * t.grad_accum * world
     if t.max_steps > 0 and t.max_steps * per_step > train_samples:
         return f"train.max_steps={t.max_steps} runs more than one pass over the {train_samples} training samples"
     if t.max_steps <= 0 and t.epochs > 1:
         return f"train.epochs={t.epochs:g}"
+    return None
+
+
+def evaluation_images_repeat(recipe: Recipe) -> str | None:
+    """Why evaluation images will be used at more than one evaluation of this run, or None."""
+    t = recipe.train
     if recipe.data.eval and t.eval_strategy != "never" and (recipe.eval.generate_at_end or t.eval_strategy == "steps"):
         return "the evaluation images are used at several evaluations"
     if recipe.data.eval and recipe.eval.generate_steps > 0:
@@ -53,17 +59,21 @@ def attach_training_cache(trainer, family, recipe: Recipe, train_samples: int, w
     Prints one line saying whether it is on and why (or why not); returns the store or None."""
     if recipe.train.vision_cache == "off":
         return None
-    repeat = repeated_images(recipe, train_samples, world)
+    train_repeat = training_images_repeat(recipe, train_samples, world)
+    repeat = train_repeat or evaluation_images_repeat(recipe)
     refusal = sharded_tower(trainer) or why_not_cacheable(trainer.model, family)
     if repeat is None or refusal is not None:
         if is_main_process():
             print(f"vision cache: off ({refusal or 'each image is seen once in this run'})")
         return None
     store = open_recipe_store(trainer.model, family, recipe)
-    install_vision_cache(trainer.model, family, store)
+    # Training images seen once: caching them would only fill the disk, so the training steps
+    # (the model in train mode) compute their features as usual and only evaluation is cached.
+    install_vision_cache(trainer.model, family, store, in_training=train_repeat is not None)
     trainer.add_callback(CacheReport(store))
     if is_main_process():
-        print(f"vision cache: on ({repeat}); entries in {store.directory}")
+        scope = "" if train_repeat else " for evaluation only"
+        print(f"vision cache: on{scope} ({repeat}); entries in {store.directory}")
     return store
 
 
