@@ -1,10 +1,13 @@
 """train.vision_cache changes nothing but speed: losses and adapters equal an uncached run."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from mmlora.config.loading import load_recipe
 from mmlora.models.tiny import assets_dir
@@ -78,3 +81,33 @@ def test_cache_survives_a_restart(tmp_path, rows, cache_dir, uncached):
     cached = run(tmp_path, rows, "auto", cache_dir, *GROUPED)
     assert cached[2].stats.entries == 0 and cached[2].stats.hits_disk == 6
     assert_same_run(cached, uncached)
+
+
+class StopAtStep(TrainerCallback):
+    """SIGTERM to this process at the end of one step (the run saves a checkpoint and stops)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_resume_with_the_cache_equals_the_uninterrupted_uncached_run(tmp_path, rows, uncached):
+    out = tmp_path / "run"
+    saving = ["train.save_steps=1", f"data.train={rows}"]
+    first = load_recipe("tiny_vqa", [
+        f"train.output_dir={out}", "data.eval=null", "data.allow_outside_root=true", "lora.projector=frozen",
+        "train.epochs=2", "train.batch_size=3", "train.logging_steps=1", "eval.generate_at_end=false",
+        "train.vision_cache=auto", f"train.vision_cache_dir={tmp_path / 'cache'}", *GROUPED, *saving])
+    stopped = train(first, callbacks=[StopAtStep(2)])
+    assert stopped.checkpoint.name == "checkpoint-2"
+    # Resumed with the cache switched off: allowed (it changes speed only), and exact.
+    first.train.vision_cache = "off"
+    resumed = train(first, resume="latest")
+    losses = {h["step"]: h["loss"] for h in resumed.log_history if "loss" in h}
+    assert [losses[step] for step in sorted(losses)] == pytest.approx(uncached[0], rel=1e-6)
+    adapter = load_file(out / "adapter_model.safetensors")
+    for name, tensor in uncached[1].items():
+        torch.testing.assert_close(adapter[name], tensor, rtol=1e-6, atol=1e-7)
