@@ -110,3 +110,18 @@ def test_corrupt_partial_or_foreign_entries_are_rejected_and_removed(tmp_path, d
     fresh = FeatureStore(tmp_path, "ns", memory_budget=1 << 20)
     assert fresh.get(path.stem) is None
     assert fresh.stats.rejected == 1 and not path.exists()
+
+
+def test_ranks_share_the_disk_part_and_keep_their_own_ram(tmp_path):
+    # Multi-process runs: one store per rank on the same folder. What one rank encoded, another
+    # reads from disk; both writing the same image leaves one complete file.
+    rank0, rank1 = (FeatureStore(tmp_path, "ns", memory_budget=1 << 20) for _ in range(2))
+    tensors = entry()
+    rank0.put("aa" * 20, tensors)
+    got = rank1.get("aa" * 20)
+    assert rank1.stats.hits_disk == 1 and torch.equal(got["pooler_output"], tensors["pooler_output"])
+    rank1.put("bb" * 20, tensors)
+    rank0.put("bb" * 20, tensors)
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [f"{'aa' * 20}.safetensors", f"{'bb' * 20}.safetensors"]  # no partial files left
+    assert FeatureStore(tmp_path, "ns", 0).get("bb" * 20) is not None
