@@ -158,7 +158,10 @@ def shared_note(load: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="cpu")
+    parser.add_argument("--workload", choices=[*sorted(WORKLOADS), "vision-cache"], default="cpu",
+                        help="vision-cache: 3 epochs with and without train.vision_cache (bench/vision_cache.py)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="--workload vision-cache only: cuda runs it on Qwen2-VL-2B's architecture")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (alternating order)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the table")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's, one per core); "
@@ -182,6 +185,8 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every run
+    if args.workload == "vision-cache":
+        return vision_cache_report(args)
     from bench.workloads import write_data, write_model_dir
 
     gpu = args.workload == "gpu"
@@ -235,6 +240,32 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"sections": dict(zip(summaries, sections)), "summaries": summaries}, indent=1))
+    print(report)
+    print(f"[bench] wrote {path}")
+    return 0
+
+
+def vision_cache_report(args) -> int:
+    """--workload vision-cache: the four runs in this process, report to <out>/<device>-vision-cache.md."""
+    from bench.vision_cache import run_bench
+
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="mmlora-bench-") as tmp:
+        body, _ = run_bench(Path(tmp), args.device, args.rounds)
+    load.append(os.getloadavg()[0])
+    import torch
+
+    report = "\n".join([
+        "# mmlora benchmark: vision-cache workload", "",
+        f"Machine: {machine()}; torch threads: {torch.get_num_threads()}; 1-minute load average: "
+        f"{min(load):.1f}-{max(load):.1f}{shared_note(load)}.", "",
+        f"Command: `python bench/run.py --workload vision-cache --device {args.device} --rounds {args.rounds}` "
+        f"({time.strftime('%Y-%m-%d')}). "
+        "tokens/s: real (non-padding) tokens per second over epochs 2-3 (epoch 1 fills the cache). "
+        "See bench/README.md.", "", body, ""])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.device}-vision-cache.md"
+    path.write_text(report)
     print(report)
     print(f"[bench] wrote {path}")
     return 0

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # No test may reach a model hub: fail fast instead of retrying a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Cached vision features (train.vision_cache) go to a folder of this test session, not ~/.cache.
+if "MMLORA_VISION_CACHE_DIR" not in os.environ:
+    os.environ["MMLORA_VISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmlora-vision-cache-")
+    atexit.register(shutil.rmtree, os.environ["MMLORA_VISION_CACHE_DIR"], True)
 
 # The torchvision session (tests/models/test_torchvision_peers.py starts one): torchvision made
 # importable before mmlora or transformers is imported, so both take the torchvision path.

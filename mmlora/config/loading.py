@@ -49,6 +49,9 @@ def _validate(recipe: Recipe) -> None:
         raise MmloraError(f"train.learning_rate: got {recipe.train.learning_rate}, expected > 0.")
     if recipe.train.num_workers < -1:
         raise MmloraError(f"train.num_workers: got {recipe.train.num_workers}, expected -1 (auto) or 0 or more.")
+    from mmlora.config.sizes import parse_bytes
+
+    parse_bytes(recipe.train.vision_cache_memory, "train.vision_cache_memory")
     if recipe.train.max_steps <= 0 and recipe.train.epochs <= 0:
         raise MmloraError("train.epochs must be > 0 when train.max_steps is -1.")
     if not recipe.lora.targets:

@@ -244,6 +244,19 @@ class TrainConfig:
         "Use Liger kernels (fused RMSNorm, SwiGLU, RoPE, linear + cross-entropy) where the family "
         "has them; needs `pip install liger-kernel` and a CUDA GPU.", False
     )
+    # Vision-feature cache (mmlora/models/vision_cache.py, mmlora/training/vision_features.py).
+    vision_cache: Literal["auto", "off"] = _doc(
+        "Encode each image once: auto caches the frozen vision tower's and projector's features "
+        "when images are seen more than once (epochs > 1, or repeated evaluation) and the family "
+        "allows it; off computes them at every step.", "auto"
+    )
+    vision_cache_dir: str | None = _doc(
+        "Where cached features go on disk (one safetensors file per image, in a folder per "
+        "model/dtype/weights); None: ~/.cache/mmlora/vision-features ($XDG_CACHE_HOME).", None
+    )
+    vision_cache_memory: int | str = _doc(
+        "RAM kept for cached features (e.g. 4GiB, 512MiB, 0); entries beyond it are read from disk.", "4GiB"
+    )
 
 
 @dataclass

@@ -42,6 +42,8 @@ def coerce_field(value: Any, tp: Any, where: str) -> Any:
         allowed = typing.get_args(tp)
         # YAML reads `true` as a bool; fields like train.bf16 spell their choices as strings.
         candidate = str(value).lower() if isinstance(value, bool) else value
+        if value is False and "off" in allowed and "false" not in allowed:
+            candidate = "off"  # YAML 1.1 reads a bare `off` as false (train.vision_cache: off)
         if candidate in allowed:
             return candidate
     elif origin in (typing.Union, types.UnionType):

@@ -144,6 +144,8 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
     if adapter_dir is not None:  # refused before anything is generated or an earlier report is replaced
         check_adapter_fits(adapter_dir, loaded.model, recipe.model.name)
     runs = []
+    both = adapter_dir is not None and compare_base
+    store = shared_feature_store(loaded.model, loaded.family, recipe) if both else None
     if adapter_dir is None or compare_base:
         runs.append(generate_run(BASE, recipe.model.name, loaded.model, loaded.processor, samples, recipe, references))
     if adapter_dir is not None:
@@ -151,11 +153,31 @@ def run_eval(recipe: Recipe, adapter: str | None = None, compare_base: bool = Fa
 
         # Merged into the base weights (base predictions are done): generation at base speed.
         tuned = load_adapter(loaded.model, adapter_dir).merge_and_unload()
+        if store is not None:
+            shared_feature_store(tuned, loaded.family, recipe, store)
         runs.append(generate_run(FINE_TUNED, str(adapter_dir), tuned, loaded.processor, samples, recipe, references))
     report = EvalReport(recipe.task, split, describe_data(data_file), items, runs, str(adapter_dir) if adapter_dir else None,
                         recipe.eval.vqa_normalization)
     write_outputs(report, out, recipe)
     return report, out
+
+
+def shared_feature_store(model, family, recipe: Recipe, store=None):
+    """--compare-base: each image's features computed once for both models (train.vision_cache).
+
+    Installed on the base model first, then on the merged one: the store is kept when the tower
+    and projector weights are unchanged (same namespace), and a new one is opened when the
+    adapter trained them, so the fine-tuned model never reads the base model's features."""
+    from mmlora.models.vision_cache import (
+        install_vision_cache, namespace_of, open_recipe_store, recipe_bounds, why_not_cacheable,
+    )
+
+    if recipe.train.vision_cache == "off" or why_not_cacheable(model, family, training=False) is not None:
+        return None
+    if store is None or namespace_of(model, family, recipe_bounds(recipe))[0] != store.namespace:
+        store = open_recipe_store(model, family, recipe)
+    install_vision_cache(model, family, store)
+    return store
 
 
 def write_outputs(report: EvalReport, out: Path, recipe: Recipe) -> None:

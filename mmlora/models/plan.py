@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from mmlora.config.schema import Recipe
+from mmlora.config.sizes import parse_bytes
 from mmlora.config.sources import data_sources, resolve_bounds
 from mmlora.models.lora import (
     ParameterCount, apply_lora, count_parameters, format_adapted_modules, format_parameter_table,
@@ -35,6 +36,8 @@ class Plan:
     source_note: str = "config only, no weights read"
     base_parameters: int = 0
     """Parameters of the checkpoint itself, before LoRA (tied weights once, as safetensors stores them)."""
+    family_spec: object = None
+    config: object = None
     source_tokens: list = field(default_factory=list)
     """Visual tokens per image of each data source with its own min/max_pixels (`source_token_tables`)."""
 
@@ -121,7 +124,7 @@ def make_plan(recipe: Recipe) -> Plan:
     visual, note = visual_token_table(recipe, family, config, resolved.source)
     plan = Plan(recipe.model.name, family.name, count_parameters(model, family), model.mmlora_adapted,
                 adapter_bytes, _weights_bytes(model, model.mmlora_adapted, recipe.model.quantization),
-                visual, note, describe_source(resolved, recipe.model), base_parameters)
+                visual, note, describe_source(resolved, recipe.model), base_parameters, family, config)
     plan.source_tokens = source_token_tables(recipe, family, config, resolved.source)
     return plan
 
@@ -171,6 +174,8 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
         lines.append(f"visual tokens per image of {label} (its min_pixels={low}, max_pixels={high}):")
         lines += [f"  {row:<24} {tokens:>6}" for row, tokens in table]
     lines.append(memory_section(recipe, plan))
+    visual = next((n for label, n in plan.visual_tokens if "max_pixels" in label), 0)
+    lines.append(vision_cache_lines(recipe, plan.family_spec, plan.config, visual, _dtype(recipe).itemsize))
     return "\n".join(lines)
 
 
@@ -193,3 +198,40 @@ def _dtype(recipe: Recipe):
     import torch
 
     return getattr(torch, recipe.model.dtype if recipe.model.dtype != "auto" else "bfloat16")
+
+
+# Vision feature cache (mmlora/models/vision_cache.py): one image's entry holds its visual tokens
+# (at model.max_pixels, the largest image) times the language tower's hidden size (features are
+# cached after the projector) in the model's dtype; Qwen3-VL adds one more such block per
+# DeepStack layer. The safetensors header (~200 bytes per file) is left out.
+
+
+def feature_bytes_per_image(config, visual_tokens: int, element_size: int) -> int:
+    """Bytes of one cached image with `visual_tokens` tokens (see the comment above)."""
+    text = getattr(config, "text_config", config)
+    blocks = 1 + len(getattr(getattr(config, "vision_config", None), "deepstack_visual_indexes", None) or ())
+    return visual_tokens * text.hidden_size * element_size * blocks
+
+
+def vision_cache_lines(recipe: Recipe, family, config, visual_tokens: int, element_size: int) -> str:
+    """The plan's section on train.vision_cache (sizes per image, per 10k images, RAM share)."""
+    t = recipe.train
+    if t.vision_cache == "off":
+        return "vision feature cache: off (train.vision_cache=off)"
+    trained = [f"lora.{part}={getattr(recipe.lora, part)}" for part in ("vision", "projector")
+               if getattr(recipe.lora, part) != "frozen"]
+    if trained:
+        return f"vision feature cache: off ({' and '.join(trained)}: features change as they train)"
+    if family.feature_layout is None:
+        return f"vision feature cache: not available for {family.name} ({family.feature_cache_refusal})"
+    if not visual_tokens:
+        return "vision feature cache: size unknown (no visual token count)"
+    per_image = feature_bytes_per_image(config, visual_tokens, element_size)
+    budget = parse_bytes(t.vision_cache_memory, "train.vision_cache_memory")
+    where = t.vision_cache_dir or "~/.cache/mmlora/vision-features"
+    return (f"vision feature cache (train.vision_cache=auto; used when images repeat and the tower and "
+            f"projector are frozen):\n"
+            f"  per image at max_pixels  {_size(per_image)} ({visual_tokens} tokens)\n"
+            f"  per 10,000 images        {_size(per_image * 10_000)} on disk in {where}\n"
+            f"  in RAM                   {budget // per_image:,} images fit train.vision_cache_memory="
+            f"{t.vision_cache_memory}")

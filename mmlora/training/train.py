@@ -37,6 +37,7 @@ from mmlora.training.console import attach_console, progress_bars_wanted
 from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
+from mmlora.training.vision_features import attach_training_cache
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,8 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     )
     if recipe.data.group_by_length:  # mmlora/data/grouping.py
         trainer.group_lengths = sample_lengths(data.scan, loaded.processor, recipe.data.max_length)
+    # Encode each image once when images repeat (mmlora/training/vision_features.py).
+    attach_training_cache(trainer, loaded.family, recipe, len(data.dataset), world_size())
     evaluation.attach(trainer)
     attach_console(trainer, recipe)  # readable log lines and summary (mmlora/training/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates

@@ -163,6 +163,10 @@ class Family:
     end-of-turn token to train; PaliGemma ships none)."""
     merge_size: int = 1
     """Patches merged per side into one visual token (2 for Qwen-VL's 2x2 merge)."""
+    feature_layout: Any = None
+    """How image features split per image (families/features.py) for the vision-feature cache;
+    None where the cache refuses the family (`feature_cache_refusal` says why)."""
+    feature_cache_refusal: str = ""
     tiny: TinySpec | None = None
 
     @property

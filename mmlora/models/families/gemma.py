@@ -13,6 +13,7 @@ the suffix (`PALIGEMMA_CHAT_TEMPLATE`), trains up to and including <eos>, and pa
 from __future__ import annotations
 
 from mmlora.models.families.base import Family, ImageTokens, TinySpec, repeated, tiny_text_config
+from mmlora.models.families.features import BATCH_STACKED
 
 BOI, EOI, SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 
@@ -163,6 +164,7 @@ GEMMA3 = Family(
     turn_end="<end_of_turn>",
     image_tokens=gemma3_image_tokens,
     text_inputs=image_token_types,
+    feature_layout=BATCH_STACKED,
     tiny=TinySpec(
         "tiny/gemma3",
         ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", BOI, EOI, SOFT),
@@ -178,6 +180,7 @@ PALIGEMMA = Family(
     turn_end="<eos>",
     image_tokens=paligemma_image_tokens,
     text_inputs=prefix_suffix_types,
+    feature_layout=BATCH_STACKED,
     chat_template=PALIGEMMA_CHAT_TEMPLATE,
     tiny=TinySpec(
         "tiny/paligemma", ("<pad>", "<eos>", "<bos>", "<unk>", "<image>"), _GEMMA_ROLES,

@@ -97,6 +97,11 @@ IDEFICS3 = Family(
     vision_inputs=("pixel_values", "pixel_attention_mask"),
     image_processor_kwargs=(("return_row_col_info", True),),
     image_size_options=tile_bounds,
+    feature_cache_refusal=(
+        "get_image_features returns one feature block per sample (all tiles of all its images "
+        "joined, zero-padded images dropped by value), not per image; mmlora does not split it "
+        "per tile yet"
+    ),
     tiny=TinySpec("tiny/smolvlm", _TOKENS, _ROLES, SMOLVLM_CHAT_TEMPLATE, tiny_smolvlm_config,
                   _TINY_PREPROCESSOR,
                   processor_config={"image_seq_len": 4, "processor_class": "Idefics3Processor"}),

@@ -10,6 +10,7 @@ learn where its answer ends.
 from __future__ import annotations
 
 from mmlora.models.families.base import Family, TinySpec, repeated, tiny_text_config
+from mmlora.models.families.features import BATCH_LISTED
 
 IMAGE = "<image>"
 _TEXT_OF = (
@@ -140,6 +141,7 @@ LLAVA = Family(
     name="llava", model_types=("llava",), **_PATHS,
     image_tokens=llava_image_tokens,
     chat_template=VICUNA_CHAT_TEMPLATE,
+    feature_layout=BATCH_LISTED,
     tiny=TinySpec("tiny/llava", _LLAMA_TOKENS, _LLAMA_ROLES, VICUNA_CHAT_TEMPLATE, tiny_llava_config,
                   _clip_preprocessor("LlavaProcessor"), processor_config=_processor_config("LlavaProcessor")),
 )
@@ -151,6 +153,11 @@ LLAVA_NEXT = Family(
     image_tokens=llava_next_image_tokens,
     vision_inputs=("pixel_values", "image_sizes"),
     chat_template=MISTRAL_CHAT_TEMPLATE,
+    feature_cache_refusal=(
+        "its anyres tiles are padded to the batch's largest tile count and packed with learned "
+        "newline tokens inside get_image_features, so one image's features are not a fixed slice "
+        "of the call; mmlora does not split them per image yet"
+    ),
     tiny=TinySpec("tiny/llava-next", _LLAMA_TOKENS, _LLAMA_ROLES, MISTRAL_CHAT_TEMPLATE,
                   tiny_llava_next_config,
                   _clip_preprocessor("LlavaNextProcessor", aspect_ratio_setting="anyres", do_pad=True,

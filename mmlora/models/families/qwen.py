@@ -7,6 +7,7 @@ so `min_pixels` / `max_pixels` bound the visual tokens per image. The forward ne
 
 from __future__ import annotations
 
+from mmlora.models.families.features import GRID
 from mmlora.models.families.base import (
     Family, TinySpec, mm_token_types, pixel_bounds, repeated, tiny_text_config,
 )
@@ -183,6 +184,7 @@ def _qwen_family(name: str, model_type: str, tiny: TinySpec, projector=("model.v
         text_inputs=mm_token_types,
         image_size_options=pixel_bounds,
         merge_size=2,
+        feature_layout=GRID,
         tiny=tiny,
     )
 
