@@ -216,8 +216,10 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     )
     if recipe.data.group_by_length:  # mmlora/data/grouping.py
         trainer.group_lengths = sample_lengths(data.scan, loaded.processor, recipe.data.max_length)
-    # Encode each image once when images repeat (mmlora/training/vision_features.py).
-    attach_training_cache(trainer, loaded.family, recipe, len(data.dataset), world_size())
+    # Encode each image once when images repeat (mmlora/training/vision_features.py); a stream
+    # (data.streaming) has no length and is taken as read once.
+    train_samples = len(data.dataset) if hasattr(data.dataset, "__len__") else None
+    attach_training_cache(trainer, loaded.family, recipe, train_samples, world_size())
     evaluation.attach(trainer)
     attach_console(trainer, recipe)  # readable log lines and summary (mmlora/training/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates

@@ -53,18 +53,22 @@ def sharded_tower(trainer) -> str | None:
     return None
 
 
-def attach_training_cache(trainer, family, recipe: Recipe, train_samples: int, world: int = 1) -> FeatureStore | None:
+def attach_training_cache(trainer, family, recipe: Recipe, train_samples: int | None, world: int = 1) -> FeatureStore | None:
     """Install the vision-feature cache on the trainer's model when train.vision_cache says so.
 
     Prints one line saying whether it is on and why (or why not); returns the store or None."""
     if recipe.train.vision_cache == "off":
         return None
-    train_repeat = training_images_repeat(recipe, train_samples, world)
+    # A stream (data.streaming, train_samples None) has no known size: its training features are
+    # not cached, as the cache would grow with the stream; evaluation still may be.
+    train_repeat = None if train_samples is None else training_images_repeat(recipe, train_samples, world)
     repeat = train_repeat or evaluation_images_repeat(recipe)
     refusal = sharded_tower(trainer) or why_not_cacheable(trainer.model, family)
     if repeat is None or refusal is not None:
+        once = ("a streamed training set (data.streaming) is not cached" if train_samples is None
+                else "each image is seen once in this run")
         if is_main_process():
-            print(f"vision cache: off ({refusal or 'each image is seen once in this run'})")
+            print(f"vision cache: off ({refusal or once})")
         return None
     store = open_recipe_store(trainer.model, family, recipe)
     # Training images seen once: caching them would only fill the disk, so the training steps
