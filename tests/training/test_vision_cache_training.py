@@ -2,7 +2,10 @@
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +14,9 @@ from transformers import TrainerCallback
 
 from mmlora.config.loading import load_recipe
 from mmlora.models.tiny import assets_dir
+from mmlora.models.vision_store import FeatureStore
 from mmlora.training.train import train
+from tests.training.test_distributed import losses as logged_losses
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +116,44 @@ def test_resume_with_the_cache_equals_the_uninterrupted_uncached_run(tmp_path, r
     adapter = load_file(out / "adapter_model.safetensors")
     for name, tensor in uncached[1].items():
         torch.testing.assert_close(adapter[name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def train_two_ranks(out, data, cache: str, cache_dir) -> subprocess.CompletedProcess:
+    """`mmlora train` as 2 gloo processes (torchrun, as tests/training/test_distributed.py runs DDP)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmlora", "train", "tiny_vqa",
+         f"train.output_dir={out}", f"data.train={data}", "data.eval=null", "data.allow_outside_root=true",
+         "lora.projector=frozen", "train.epochs=2", "train.batch_size=2", "train.logging_steps=1", "train.save_steps=0",
+         "eval.generate_at_end=false", f"train.vision_cache={cache}", f"train.vision_cache_dir={cache_dir}"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_training_with_a_shared_disk_cache_equals_uncached(tmp_path, rows):
+    """DDP on 2 CPU processes, both ranks caching into one folder: the same run as uncached."""
+    cache_dir = tmp_path / "cache"
+    plain = train_two_ranks(tmp_path / "off", rows, "off", cache_dir)
+    assert not cache_dir.exists() and "vision cache" not in plain.stdout
+    cached = train_two_ranks(tmp_path / "auto", rows, "auto", cache_dir)
+    assert "vision cache: on (train.epochs=2)" in cached.stdout
+    # 2 ranks x 2 per step over 12 rows, 2 epochs: 6 steps, same losses and adapter as uncached
+    losses, plain_losses = logged_losses(tmp_path / "auto"), logged_losses(tmp_path / "off")
+    assert len(losses) == len(plain_losses) == 6
+    assert losses == pytest.approx(plain_losses, rel=1e-6)
+    adapter, plain_adapter = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("auto", "off"))
+    assert adapter.keys() == plain_adapter.keys()
+    for name in adapter:
+        torch.testing.assert_close(adapter[name], plain_adapter[name], rtol=1e-6, atol=1e-7)
+    # Rank 0's counts (it alone prints). Its own entries stay in its RAM part (4GiB budget), so a
+    # hit from disk is an entry rank 1 wrote; with seed 42 rank 0 meets in epoch 2 images that
+    # only rank 1 saw in epoch 1.
+    counts = re.search(r"vision cache: (\d+) images encoded, (\d+) reused \((\d+) from disk\), (\d+) bad", cached.stdout)
+    encoded, reused, from_disk, bad = map(int, counts.groups())
+    assert 1 <= encoded < 6 and reused >= 1 and from_disk >= 1 and bad == 0
+    # One folder for both ranks, each of the 6 images once, every file whole and trusted.
+    (folder,) = [path for path in cache_dir.iterdir()]
+    entries = sorted(folder.glob("*/*.safetensors"))
+    assert len(entries) == 6 and not list(folder.rglob("*.partial"))
+    store = FeatureStore(folder, folder.name, memory_budget=0)
+    assert all(store.get(entry.stem) is not None for entry in entries) and store.stats.rejected == 0
