@@ -11,7 +11,8 @@ import json
 import statistics
 
 from mmlora.data.collate import IGNORE_INDEX, answer_labels, fit_length, image_tokens_end, tokenize_text
-from mmlora.data.scan import SplitScan, load_data_processor, scan_report, scan_split
+from mmlora.data.scan import load_data_processor, scan_report, scan_split
+from mmlora.data.splitscan import SplitScan
 
 
 def distribution(values: list[int]) -> dict | None:

@@ -45,30 +45,45 @@ def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResu
     expand_captions: one sample per caption when data.captions_per_image is `all` (training);
     otherwise one sample per row with every caption as a reference (evaluation).
     """
+    opened, column_map, rows = open_rows(source, cfg)
+    for where, row in rows:
+        yield row_result(where, row, cfg, column_map, opened, expand_captions)
+
+
+def open_rows(source, cfg):
+    """(the opened source, data.column_map parsed, its raw `(where, row)` pairs): the recipe's
+    column map is checked against the columns before any row (or, for JSON, after the last)."""
     if isinstance(source, str):
         source = resolve_data_path(source)
     column_map = parse_column_map(cfg.column_map)  # a recipe mistake before any file is read
     opened = open_source(source, image_root(cfg))
     if opened.columns is not None:
         check_mapped_columns(opened.name, column_map, opened.columns)
-    seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
-    for where, row in opened.rows:
-        if column_map and opened.columns is None and isinstance(row, dict):
-            seen.update(row)
-        if isinstance(row, RowError):
-            yield RowResult(where, problem=row.at(where))
-            continue
-        try:
-            samples = row_to_samples(row, cfg, column_map, where, expand_captions)
-            for sample in samples:
-                outside_ok = cfg.allow_outside_root or not opened.confined
-                sample.images = [resolve_image(ref, opened.root, outside_ok, cfg.allow_urls) for ref in sample.images]
-        except RowError as err:
-            yield RowResult(where, problem=err.at(where))
-            continue
-        yield RowResult(where, samples)
-    if column_map and opened.columns is None and seen:
-        check_mapped_columns(opened.name, column_map, sorted(seen), "no row has")
+
+    def rows():
+        seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
+        for where, row in opened.rows:
+            if column_map and opened.columns is None and isinstance(row, dict):
+                seen.update(row)
+            yield where, row
+        if column_map and opened.columns is None and seen:
+            check_mapped_columns(opened.name, column_map, sorted(seen), "no row has")
+
+    return opened, column_map, rows()
+
+
+def row_result(where: str, row, cfg, column_map: dict[str, str], opened, expand_captions: bool) -> RowResult:
+    """One raw row of `opened` (a sources.Source) as samples with resolved images, or its problem."""
+    if isinstance(row, RowError):
+        return RowResult(where, problem=row.at(where))
+    try:
+        samples = row_to_samples(row, cfg, column_map, where, expand_captions)
+        for sample in samples:
+            outside_ok = cfg.allow_outside_root or not opened.confined
+            sample.images = [resolve_image(ref, opened.root, outside_ok, cfg.allow_urls) for ref in sample.images]
+    except RowError as err:
+        return RowResult(where, problem=err.at(where))
+    return RowResult(where, samples)
 
 
 def check_mapped_columns(name: str, column_map: dict[str, str], columns: list[str], lacks: str = "it has no") -> None:
