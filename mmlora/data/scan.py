@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmlora.config.paths import resolve_data_path
+from mmlora.data.arrowscan import scan_arrow
 from mmlora.data.collate import encode_for_training
 from mmlora.data.loading import ImageChecker, iter_samples
 from mmlora.data.samples import REASONS, RowError, Sample
@@ -23,7 +25,20 @@ from mmlora.errors import MmloraError
 def scan_split(source, cfg, processor, name: str = "train", expand_captions: bool = True,
                progress: bool = True, limit: int | None = None) -> SplitScan:
     """Check every row of `source` (see module docstring); never raises for a bad row.
-    `limit`: stop once that many usable samples were found (for previews)."""
+    `limit`: stop once that many usable samples were found (for previews). Files and folders are
+    scanned on Arrow in several processes and cached (data/arrowscan.py); data in memory, and
+    rows JSON cannot carry, in this process."""
+    if isinstance(source, (str, Path)) and limit is None:  # files and folders: the Arrow scan
+        scan = scan_arrow(resolve_data_path(str(source)), cfg, processor, name, expand_captions, progress)
+        if scan is not None:
+            scan.source = str(source)
+            return scan
+    return scan_serially(source, cfg, processor, name, expand_captions, progress, limit)
+
+
+def scan_serially(source, cfg, processor, name: str = "train", expand_captions: bool = True,
+                  progress: bool = True, limit: int | None = None) -> SplitScan:
+    """The single-process scan (in-memory data, previews; the reference of the Arrow scan)."""
     from tqdm.auto import tqdm
 
     scan = SplitScan(name, str(source), cfg.max_length)
