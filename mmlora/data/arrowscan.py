@@ -18,6 +18,7 @@ wait for its result and read it.
 from __future__ import annotations
 
 import array
+import atexit
 import hashlib
 import json
 import logging
@@ -69,10 +70,15 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
         if local_rank != 0:
             return _wait_for_result(final, name, source, cfg.max_length)
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=_made(cache_root()) if shared else None))
+    kept = False
     try:
         if not _scan_into(work, source, cfg, processor, name, expand_captions, progress):
+            if shared:  # tells the other ranks to scan in one process too
+                final.with_suffix(".serial").touch()
             return None
-        if not shared:
+        if not shared:  # read from until this process ends
+            atexit.register(shutil.rmtree, work, True)
+            kept = True
             return load_result(work, name, source, cfg.max_length)
         shutil.rmtree(final, ignore_errors=True)  # a stale result (an image changed since)
         try:
@@ -81,7 +87,7 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
             pass
         return load_result(final, name, source, cfg.max_length)
     finally:
-        if shared:
+        if not kept:
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -90,12 +96,13 @@ def _made(folder: Path) -> Path:
     return folder
 
 
-def _wait_for_result(final: Path, name: str, source, max_length: int) -> SplitScan:
-    """Another rank of this machine scans; read its result once it is there."""
+def _wait_for_result(final: Path, name: str, source, max_length: int) -> SplitScan | None:
+    """Another rank of this machine scans; read its result once it is there (None when its rows
+    could not be stored and it scanned in one process)."""
     log.info("%s data: waiting for the first process's scan (%s)", name, final)
     while True:
         found = load_result(final, name, source, max_length)
-        if found is not None:
+        if found is not None or final.with_suffix(".serial").exists():
             return found
         time.sleep(0.5)
 

@@ -21,8 +21,8 @@ are found:
 
 from __future__ import annotations
 
-import json
 import re
+from bisect import bisect_left
 
 from mmlora.models.plaintext import SENTINELS, Tokenized
 
@@ -44,7 +44,7 @@ class MeasuringProcessor:
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        key = (json.dumps(messages, sort_keys=True, ensure_ascii=False), add_generation_prompt)
+        key = (repr(messages), add_generation_prompt)  # equal reprs: equal messages
         text = self.rendered.get(key)
         if text is None:
             if len(self.rendered) >= MEMO_LIMIT:
@@ -75,22 +75,22 @@ class MeasuringProcessor:
             last = run.end()
         pieces.append(text[last:])
         short = self.processor.tokenize("".join(pieces))
-        ids, offsets, k, shift = [], [], 0, 0
-        for token, (start, end) in zip(short.input_ids, short.offsets):
-            if k < len(starts) and start >= starts[k]:
-                if token != self.feature_id or (start, end) != (starts[k], starts[k] + width):
-                    return None
-                run = runs[k]
-                copies = (run.end() - run.start()) // width
-                ids += [token] * copies
-                offsets += [(run.start() + i * width, run.start() + (i + 1) * width) for i in range(copies)]
-                shift += (copies - 1) * width
-                k += 1
-                continue
-            ids.append(token)
-            offsets.append((start + shift, end + shift))
-        if k != len(starts):
-            return None
+        token_starts = [start for start, _ in short.offsets]
+        ids, offsets, done, shift = [], [], 0, 0
+        for run, start in zip(runs, starts):
+            at = bisect_left(token_starts, start, done)  # the run's single token
+            if at == len(token_starts) or short.input_ids[at] != self.feature_id or \
+                    short.offsets[at] != (start, start + width):
+                return None
+            ids += short.input_ids[done:at]
+            offsets += [(a + shift, b + shift) for a, b in short.offsets[done:at]]
+            copies = (run.end() - run.start()) // width
+            ids += [self.feature_id] * copies
+            offsets += [(run.start() + i * width, run.start() + (i + 1) * width) for i in range(copies)]
+            shift += (copies - 1) * width
+            done = at + 1
+        ids += short.input_ids[done:]
+        offsets += [(a + shift, b + shift) for a, b in short.offsets[done:]]
         return Tokenized(ids, offsets, text)
 
     def _collapse_matches(self) -> bool:
