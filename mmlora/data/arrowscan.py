@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -117,14 +118,15 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
     table = datasets.Dataset.from_file(str(work / "rows.arrow"))
     scanner = RowScanner(processor, cfg, column_map, replace(opened, rows=()), expand_captions, name)
     bars = datasets.utils.logging.is_progress_bar_enabled()
-    if not progress:
+    show = progress and sys.stderr.isatty()  # a bar on a terminal only, as the scan's own
+    if not show:
         datasets.disable_progress_bars()
     try:
         table.map(scanner, batched=True, batch_size=256, num_proc=_num_proc(cfg, len(table)), features=out_features(),
                   remove_columns=table.column_names, cache_file_name=str(work / "scan.arrow"),
                   load_from_cache_file=False, new_fingerprint=work.name, desc=f"checking {name} data")
     finally:
-        if bars and not progress:
+        if bars and not show:
             datasets.enable_progress_bars()
     files = sorted(p.name for p in work.glob("scan*.arrow"))
     result = read_arrow([work / f for f in files])

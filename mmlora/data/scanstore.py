@@ -25,6 +25,8 @@ from mmlora.errors import MmloraError
 
 SCAN_FORMAT = 1
 """Bumped when the layout of a scan result or what a scan measures changes."""
+TUPLES = "\0tuples"
+"""Key of the list of a stored sample's fields that were tuples."""
 NOT_IN_FINGERPRINT = ("train", "eval", "num_proc", "scan_cache", "packing", "group_by_length")
 """Data fields that do not change what a scan finds (the split's own files are fingerprinted by
 identity; how many processes scanned changes nothing)."""
@@ -91,6 +93,7 @@ def encode_sample(sample: Sample, blobs: list[bytes]) -> dict:
     """A Sample as JSON-able data, every field carried; image bytes go to `blobs` (by index)."""
     data = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
     data["images"] = [_encode_image(ref, blobs) for ref in sample.images]
+    data[TUPLES] = [name for name, value in data.items() if isinstance(value, tuple)]  # JSON has lists only
     return data
 
 
@@ -109,7 +112,8 @@ def decode_sample(data: dict, blobs: list[bytes]) -> Sample:
     """The Sample `encode_sample` stored."""
     images = [Path(ref["path"]) if "path" in ref else ref["url"] if "url" in ref else blobs[ref["blob"]]
               for ref in data["images"]]
-    return Sample(**{**data, "images": images})
+    fields = {name: tuple(value) if name in data[TUPLES] else value for name, value in data.items() if name != TUPLES}
+    return Sample(**{**fields, "images": images})
 
 
 def read_arrow(files: list[Path]):
