@@ -2,8 +2,8 @@
 
 Images are small PNGs of varied sizes (so visual-token counts differ); rows are flat VQA,
 captions (some with several captions) and two-turn conversations, with questions and answers of
-varied length, and 0.2% bad rows (a missing image, an empty answer) so the scan's error path
-runs too. Deterministic by seed.
+varied length, the rows of one image next to each other (as VQA sets list them), and 0.2% bad
+rows (a missing image, an empty answer) so the scan's error path runs too. Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def write_scan_data(folder: Path, rows: int, images: int | None = None, seed: in
         names.append(name)
     lines = []
     for i in range(rows):
-        row = _row(rng, names[i % len(names)])
+        row = _row(rng, names[i * len(names) // rows])  # an image's rows together, as in VQAv2's files
         if i % 500 == 7:  # 0.2% bad rows: half a missing image, half an empty answer
             row = {"image": "images/missing.png", "question": "q?", "answer": "a"} if i % 1000 == 7 else \
                 {"image": row["image"], "question": "q?", "answer": ""}

@@ -60,7 +60,8 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
     JSON cannot carry (the caller then scans in one process)."""
     path = Path(source)
     key = fingerprint(path, cfg, processor_identity(processor), name, expand_captions)
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by torchrun / accelerate launch / deepspeed
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     shared = cfg.scan_cache or local_world > 1  # ranks share the result through the cache even when it is off
     final = cache_root() / key
     if shared:
@@ -70,6 +71,7 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
             return found
         if local_rank != 0:
             return _wait_for_result(final, name, source, cfg.max_length)
+    stale = (final / "scan.json").is_file()
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=_made(cache_root()) if shared else None))
     kept = False
     try:
@@ -81,7 +83,8 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
             atexit.register(shutil.rmtree, work, True)
             kept = True
             return load_result(work, name, source, cfg.max_length)
-        shutil.rmtree(final, ignore_errors=True)  # a stale result (an image changed since)
+        if stale:  # an image changed since that scan
+            shutil.rmtree(final, ignore_errors=True)
         try:
             os.rename(work, final)
         except OSError:  # another machine's first process, sharing this folder, was faster
