@@ -157,3 +157,16 @@ def test_other_ranks_wait_for_the_first_process_and_read_its_result(data, proces
     # with the cache off too: ranks share the result through the cache folder
     assert findings(scan_split(str(data / "train.jsonl"), dataclasses.replace(cfg, scan_cache=False), processor,
                                progress=False)) == findings(waited) and len(calls) == 1
+
+
+def test_rows_json_cannot_carry_are_scanned_in_one_process(data, processor, monkeypatch):
+    import datetime
+
+    table = pa.Table.from_pylist([{"image": "a.png", "question": Q, "answer": "red",
+                                   "taken": datetime.datetime(2024, 5, 1, 12, 0)}])
+    pq.write_table(table, data / "dated.parquet")
+    calls = scans_run(monkeypatch)
+    cfg = DataConfig(train="x")
+    scan = scan_split(str(data / "dated.parquet"), cfg, processor, progress=False)
+    assert len(calls) == 1 and isinstance(scan.samples, list)  # tried, then the single-process scan
+    assert findings(scan) == findings(scan_serially(str(data / "dated.parquet"), cfg, processor, progress=False))
