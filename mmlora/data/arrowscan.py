@@ -131,6 +131,12 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
     finally:
         if bars and not show:
             datasets.enable_progress_bars()
+    if not len(table):  # no rows: map writes no file; an empty result has the columns all the same
+        import pyarrow as pa
+
+        schema = out_features().arrow_schema
+        with pa.OSFile(str(work / "scan.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema):
+            pass
     files = sorted(p.name for p in work.glob("scan*.arrow"))
     result = read_arrow([work / f for f in files])
     images = {path: identity for column in result.column("files").to_pylist() for entry in column

@@ -77,7 +77,8 @@ def fingerprint(source, cfg, processor_hash: str, name: str, expand_captions: bo
     """The cache key of one split's scan: its files' identity (path, size, mtime), the recipe's
     data fields (those in NOT_IN_FINGERPRINT aside), the processor, and how it is expanded."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_FINGERPRINT}
-    key = json.dumps({"format": SCAN_FORMAT, "files": file_identity(Path(source)), "data": fields,
+    key = json.dumps({"format": SCAN_FORMAT, "source": os.path.abspath(source), "files": file_identity(Path(source)),
+                      "data": fields,
                       "processor": processor_hash, "split": name, "expand": expand_captions},
                      sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -170,3 +170,15 @@ def test_rows_json_cannot_carry_are_scanned_in_one_process(data, processor, monk
     scan = scan_split(str(data / "dated.parquet"), cfg, processor, progress=False)
     assert len(calls) == 1 and isinstance(scan.samples, list)  # tried, then the single-process scan
     assert findings(scan) == findings(scan_serially(str(data / "dated.parquet"), cfg, processor, progress=False))
+
+
+def test_an_empty_file_and_the_folder_holding_it_are_scanned_as_themselves(processor, tmp_path):
+    from mmlora.errors import MmloraError
+
+    (tmp_path / "empty.jsonl").write_text("")
+    cfg = DataConfig(train="x")
+    empty = scan_split(str(tmp_path / "empty.jsonl"), cfg, processor, progress=False)
+    assert findings(empty) == findings(scan_serially(str(tmp_path / "empty.jsonl"), cfg, processor, progress=False))
+    # the folder's files are the same (one empty file), its result is not the file's
+    with pytest.raises(MmloraError, match="is a folder without a dataset"):
+        scan_split(str(tmp_path), cfg, processor, progress=False)
