@@ -158,7 +158,8 @@ def shared_note(load: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="cpu")
+    parser.add_argument("--workload", choices=sorted([*WORKLOADS, "scan"]), default="cpu",
+                        help="scan: the data pre-scan (bench/scan_bench.py), its own table in results/scan.md")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (alternating order)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the table")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's, one per core); "
@@ -180,6 +181,13 @@ def main() -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.workload == "scan":
+        from bench.scan_bench import run_scan_bench
+
+        report, path = run_scan_bench(args.out)
+        print(report)
+        print(f"[bench] wrote {path}")
+        return 0
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every run
     from bench.workloads import write_data, write_model_dir

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # No test may reach a model hub: fail fast instead of retrying a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Pre-scan results (mmlora/data/arrowscan.py) in a folder of this session, not the user's cache.
+if "MMLORA_SCAN_CACHE" not in os.environ:
+    os.environ["MMLORA_SCAN_CACHE"] = tempfile.mkdtemp(prefix="mmlora-test-scan-")
+    atexit.register(shutil.rmtree, os.environ["MMLORA_SCAN_CACHE"], True)
 
 # The torchvision session (tests/models/test_torchvision_peers.py starts one): torchvision made
 # importable before mmlora or transformers is imported, so both take the torchvision path.
