@@ -11,8 +11,15 @@ are found:
 - `render` remembers its results: a sample's full chat is rendered once instead of three
   times, and prompts that repeat across rows (the caption prompt, common questions) once per
   worker;
+- `render` runs the Jinja template once per conversation *shape* (roles, parts, every text
+  replaced by a marker), not per sample: the template's output split at the markers is a
+  skeleton, and a sample's text is the skeleton with its (escaped) texts put in. Templates that
+  change a text (trim it, test what it says) would break that, so a shape is used only after its
+  skeleton rebuilt the real render of the sample that made it and of a probe with whitespace
+  and markers of its own at both ends of each text; otherwise that shape is rendered whole;
 - `tokenize` tokenises the text with each run of the visual token collapsed to one token, then
-  writes the run back out (ids and character offsets). This is exact because that token is an
+  writes the run back out (ids and character offsets), calling the Rust tokenizer directly
+  (transformers' call wrapper cost as much as the tokenisation). This is exact because that token is an
   added special token, which the tokenizer splits off before anything else: each copy is one
   token whatever stands around it. It is checked per text (the collapsed token must come back
   as exactly one token with the visual id, else the text is tokenised whole), and against the
@@ -34,10 +41,11 @@ class MeasuringProcessor:
     """An ImageTextProcessor whose `render` and `tokenize` are faster with the same results."""
 
     def __init__(self, processor):
-        self.processor, self.rendered = processor, {}
+        self.processor, self.rendered, self.skeletons = processor, {}, {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
+        self.encode = self._direct_encoder()
         self.collapse = self._collapse_matches()
 
     def __getattr__(self, name):  # everything else is the real processor's
@@ -49,8 +57,44 @@ class MeasuringProcessor:
         if text is None:
             if len(self.rendered) >= MEMO_LIMIT:
                 self.rendered.clear()
-            text = self.rendered[key] = self.processor.render(messages, add_generation_prompt)
+            text = self.rendered[key] = self._render(messages, add_generation_prompt)
         return text
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
+        shaped = _shape(messages)
+        if shaped is None:
+            return self.processor.render(messages, add_generation_prompt)
+        shape, texts = shaped
+        key = (repr(shape), add_generation_prompt)
+        skeleton = self.skeletons.get(key)
+        if skeleton is None:
+            text = self.processor.render(messages, add_generation_prompt)
+            self.skeletons[key] = self._checked_skeleton(shape, texts, text, add_generation_prompt)
+            return text
+        if skeleton is False:
+            return self.processor.render(messages, add_generation_prompt)
+        return self._fill(skeleton, texts)
+
+    def _fill(self, skeleton: list[str], texts: list[str]) -> str:
+        escape = self.processor.plain_text.escape  # as the real render escapes each text part
+        return skeleton[0] + "".join(escape(text) + rest for text, rest in zip(texts, skeleton[1:]))
+
+    def _checked_skeleton(self, shape: list[dict], texts: list[str], real: str, add_generation_prompt: bool):
+        """The shape's skeleton when it rebuilds `real` and a whitespace probe's render; else False."""
+        marks = [MARK.format(k) for k in range(len(texts))]
+        try:
+            marked = self.processor.render(_filled(shape, marks), add_generation_prompt)
+            pieces = re.split("|".join(map(re.escape, marks)), marked)
+            if len(pieces) != len(marks) + 1 or [m for m in re.findall(MARK_PATTERN, marked)] != marks:
+                return False
+            probes = [f" \n{MARK.format('a')}{text[:8]}\t{MARK.format('b')} " for text in texts]
+            probe_real = self.processor.render(_filled(shape, probes), add_generation_prompt)
+            if self._fill(pieces, texts) != real or self._fill(pieces, probes) != probe_real:
+                return False
+        except Exception:  # noqa: BLE001 - the template refuses markers: render this shape whole
+            return False
+        return pieces
 
     def tokenize(self, text: str) -> Tokenized:
         if self.collapse and not SENTINELS.search(text):
@@ -74,7 +118,7 @@ class MeasuringProcessor:
             shift += run.end() - run.start() - width
             last = run.end()
         pieces.append(text[last:])
-        short = self.processor.tokenize("".join(pieces))
+        short = self.encode("".join(pieces))
         token_starts = [start for start, _ in short.offsets]
         ids, offsets, done, shift = [], [], 0, 0
         for run, start in zip(runs, starts):
@@ -93,6 +137,24 @@ class MeasuringProcessor:
         offsets += [(a + shift, b + shift) for a, b in short.offsets[done:]]
         return Tokenized(ids, offsets, text)
 
+    def _direct_encoder(self):
+        """Text -> Tokenized through the Rust tokenizer itself when that gives what the
+        processor's tokenize gives (no truncation or padding set on it); else the processor's."""
+        backend = getattr(self.processor.tokenizer, "backend_tokenizer", None)
+
+        def direct(text: str) -> Tokenized:
+            encoding = backend.encode(text, add_special_tokens=False)
+            return Tokenized(encoding.ids, encoding.offsets, text)
+
+        probes = ["a b", f"x{self.feature}\n y", " \t über 1234 <tag>"]
+        try:
+            if backend is not None and backend.truncation is None and backend.padding is None and \
+                    all(direct(text) == self.processor.tokenize(text) for text in probes):
+                return direct
+        except Exception:  # noqa: BLE001 - another tokenizer: the processor's own tokenize
+            pass
+        return self.processor.tokenize
+
     def _collapse_matches(self) -> bool:
         """Collapsing gives the whole-text result on probe texts (else this tokenizer never collapses)."""
         if not self.feature or self.feature_id is None:
@@ -103,3 +165,40 @@ class MeasuringProcessor:
             return all(self._collapsed(text) == self.processor.tokenize(text) for text in probes)
         except Exception:  # noqa: BLE001 - any surprise: tokenise whole texts
             return False
+
+
+MARK = "\ue000{}\ue001"
+"""A text part's marker in a skeleton render (Private Use Area characters, never escaped)."""
+MARK_PATTERN = "\ue000[^\ue001]*\ue001"
+
+
+def _shape(messages: list[dict]) -> tuple[list[dict], list[str]] | None:
+    """(messages with every text part's text taken out, those texts in order); None when a
+    message is not a plain role/content mapping."""
+    shape, texts = [], []
+    for message in messages:
+        if not isinstance(message, dict) or "content" not in message:
+            return None
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(parts, list):
+            return None
+        shaped = []
+        for part in parts:
+            if not isinstance(part, dict):
+                return None
+            if part.get("type") == "text":
+                if not isinstance(part.get("text"), str):
+                    return None
+                texts.append(part["text"])
+                part = {**part, "text": None}
+            shaped.append(part)
+        shape.append({**message, "content": shaped})
+    return shape, texts
+
+
+def _filled(shape: list[dict], texts: list[str]) -> list[dict]:
+    """`shape` with its text parts' texts set to `texts`, in order."""
+    it = iter(texts)
+    return [{**message, "content": [{**part, "text": next(it)} if part.get("type") == "text" else part
+                                    for part in message["content"]]} for message in shape]
