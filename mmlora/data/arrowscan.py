@@ -206,10 +206,10 @@ class RowScanner:
     def __init__(self, processor, cfg, column_map, opened, expand_captions: bool, name: str, bounds=None):
         self.processor, self.cfg, self.column_map, self.opened = processor, cfg, column_map, opened
         self.bounds = bounds
-        self.expand_captions, self.name, self.tools, self.seen = expand_captions, name, None, set()
+        self.expand_captions, self.name, self.tools, self.seen, self.resolved = expand_captions, name, None, set(), {}
 
     def __getstate__(self):  # a fresh worker builds its own caches
-        return {**self.__dict__, "tools": None, "seen": set()}
+        return {**self.__dict__, "tools": None, "seen": set(), "resolved": {}}
 
     def __call__(self, batch: dict) -> dict:
         if self.tools is None:
@@ -221,7 +221,7 @@ class RowScanner:
                 result = RowResult(where, problem=RowError(reason, detail, where))
             else:
                 result = row_result(where, _raw_row(text, blobs), self.cfg, self.column_map, self.opened,
-                                    self.expand_captions)
+                                    self.expand_captions, self.resolved)
                 for sample in result.samples:  # as loading.iter_samples gives a mixture's source
                     sample.pixel_bounds = self.bounds
             part = SplitScan(self.name, "", self.cfg.max_length)

@@ -41,7 +41,7 @@ class MeasuringProcessor:
     """An ImageTextProcessor whose `render` and `tokenize` are faster with the same results."""
 
     def __init__(self, processor):
-        self.processor, self.rendered, self.skeletons = processor, {}, {}
+        self.processor, self.rendered, self.skeletons, self.escaped = processor, {}, {}, {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
@@ -52,21 +52,23 @@ class MeasuringProcessor:
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        key = (repr(messages), add_generation_prompt)  # equal reprs: equal messages
+        shaped = _shape(messages)
+        # equal reprs: equal messages (the shape's repr, short, and the texts themselves)
+        key = (repr(shaped[0]), tuple(shaped[1]), add_generation_prompt) if shaped else \
+            (repr(messages), add_generation_prompt)
         text = self.rendered.get(key)
         if text is None:
             if len(self.rendered) >= MEMO_LIMIT:
                 self.rendered.clear()
-            text = self.rendered[key] = self._render(messages, add_generation_prompt)
+            text = self.rendered[key] = self._render(messages, shaped, key[0], add_generation_prompt)
         return text
 
-    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def _render(self, messages: list[dict], shaped, shape_key: str, add_generation_prompt: bool) -> str:
         """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
-        shaped = _shape(messages)
         if shaped is None:
             return self.processor.render(messages, add_generation_prompt)
         shape, texts = shaped
-        key = (repr(shape), add_generation_prompt)
+        key = (shape_key, add_generation_prompt)
         skeleton = self.skeletons.get(key)
         if skeleton is None:
             text = self.processor.render(messages, add_generation_prompt)
@@ -77,8 +79,17 @@ class MeasuringProcessor:
         return self._fill(skeleton, texts)
 
     def _fill(self, skeleton: list[str], texts: list[str]) -> str:
-        escape = self.processor.plain_text.escape  # as the real render escapes each text part
-        return skeleton[0] + "".join(escape(text) + rest for text, rest in zip(texts, skeleton[1:]))
+        return skeleton[0] + "".join(self._escape(text) + rest for text, rest in zip(texts, skeleton[1:]))
+
+    def _escape(self, text: str) -> str:
+        """The real render's escape of a text part, remembered (a sample's texts recur in its
+        prefix renders)."""
+        escaped = self.escaped.get(text)
+        if escaped is None:
+            if len(self.escaped) >= MEMO_LIMIT:
+                self.escaped.clear()
+            escaped = self.escaped[text] = self.processor.plain_text.escape(text)
+        return escaped
 
     def _checked_skeleton(self, shape: list[dict], texts: list[str], real: str, add_generation_prompt: bool):
         """The shape's skeleton when it rebuilds `real` and a whitespace probe's render; else False."""
@@ -130,7 +141,7 @@ class MeasuringProcessor:
             offsets += [(a + shift, b + shift) for a, b in short.offsets[done:at]]
             copies = (run.end() - run.start()) // width
             ids += [self.feature_id] * copies
-            offsets += [(run.start() + i * width, run.start() + (i + 1) * width) for i in range(copies)]
+            offsets += zip(range(run.start(), run.end(), width), range(run.start() + width, run.end() + width, width))
             shift += (copies - 1) * width
             done = at + 1
         ids += short.input_ids[done:]

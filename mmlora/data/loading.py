@@ -124,18 +124,34 @@ def open_rows(source, cfg, name: str = "dataset"):
     return opened, column_map, rows()
 
 
-def row_result(where: str, row, cfg, column_map: dict[str, str], opened, expand_captions: bool) -> RowResult:
-    """One raw row of `opened` (a sources.Source) as samples with resolved images, or its problem."""
+def row_result(where: str, row, cfg, column_map: dict[str, str], opened, expand_captions: bool,
+               resolved: dict | None = None) -> RowResult:
+    """One raw row of `opened` (a sources.Source) as samples with resolved images, or its problem.
+    `resolved`: image paths already resolved in this scan (the Arrow scan's workers keep one;
+    rows of one image come together, and each path is then checked once)."""
     if isinstance(row, RowError):
         return RowResult(where, problem=row.at(where))
     try:
         samples = row_to_samples(row, cfg, column_map, where, expand_captions)
+        outside_ok = cfg.allow_outside_root or not opened.confined
         for sample in samples:
-            outside_ok = cfg.allow_outside_root or not opened.confined
-            sample.images = [resolve_image(ref, opened.root, outside_ok, cfg.allow_urls) for ref in sample.images]
+            sample.images = [_resolved(ref, opened.root, outside_ok, cfg.allow_urls, resolved) for ref in sample.images]
     except RowError as err:
         return RowResult(where, problem=err.at(where))
     return RowResult(where, samples)
+
+
+def _resolved(ref, root: Path, outside_ok: bool, allow_urls: bool, resolved: dict | None):
+    """resolve_image, a local path looked up in `resolved` first (and kept there once found)."""
+    if resolved is None or not isinstance(ref, str):
+        return resolve_image(ref, root, outside_ok, allow_urls)
+    key = (ref, root, outside_ok, allow_urls)
+    found = resolved.get(key)
+    if found is None:
+        found = resolve_image(ref, root, outside_ok, allow_urls)
+        if isinstance(found, Path):  # URLs and data: URIs are cheap; errors are raised again each row
+            resolved[key] = found
+    return found
 
 
 def check_mapped_columns(name: str, column_map: dict[str, str], columns: list[str], lacks: str = "it has no") -> None:

@@ -146,6 +146,6 @@ def _add_sample(scan: SplitScan, processor, cfg, sample: Sample, infos: list[Ima
     _, length, labels = fitting[0]
     scan.truncated += length > cfg.max_length
     scan.kept_tokens += len(labels)
-    scan.trained_tokens += sum(label != IGNORE_INDEX for label in labels)
+    scan.trained_tokens += len(labels) - labels.count(IGNORE_INDEX)
     scan.samples.append(sample)
     scan.image_tokens.append(counts)
