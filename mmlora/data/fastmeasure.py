@@ -52,27 +52,26 @@ class MeasuringProcessor:
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        shaped = _shape(messages)
-        # equal reprs: equal messages (the shape's repr, short, and the texts themselves)
-        key = (repr(shaped[0]), tuple(shaped[1]), add_generation_prompt) if shaped else \
-            (repr(messages), add_generation_prompt)
+        keyed = _shape_key(messages)
+        # equal keys: equal messages (the shape's key and the texts themselves)
+        key = (keyed[0], tuple(keyed[1]), add_generation_prompt) if keyed else (repr(messages), add_generation_prompt)
         text = self.rendered.get(key)
         if text is None:
             if len(self.rendered) >= MEMO_LIMIT:
                 self.rendered.clear()
-            text = self.rendered[key] = self._render(messages, shaped, key[0], add_generation_prompt)
+            text = self.rendered[key] = self._render(messages, keyed, add_generation_prompt)
         return text
 
-    def _render(self, messages: list[dict], shaped, shape_key: str, add_generation_prompt: bool) -> str:
+    def _render(self, messages: list[dict], keyed, add_generation_prompt: bool) -> str:
         """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
-        if shaped is None:
+        if keyed is None:
             return self.processor.render(messages, add_generation_prompt)
-        shape, texts = shaped
+        shape_key, texts = keyed
         key = (shape_key, add_generation_prompt)
         skeleton = self.skeletons.get(key)
         if skeleton is None:
             text = self.processor.render(messages, add_generation_prompt)
-            self.skeletons[key] = self._checked_skeleton(shape, texts, text, add_generation_prompt)
+            self.skeletons[key] = self._checked_skeleton(_shape(messages), texts, text, add_generation_prompt)
             return text
         if skeleton is False:
             return self.processor.render(messages, add_generation_prompt)
@@ -183,29 +182,46 @@ MARK = "\ue000{}\ue001"
 MARK_PATTERN = "\ue000[^\ue001]*\ue001"
 
 
-def _shape(messages: list[dict]) -> tuple[list[dict], list[str]] | None:
-    """(messages with every text part's text taken out, those texts in order); None when a
-    message is not a plain role/content mapping."""
-    shape, texts = [], []
+def _shape_key(messages: list[dict]) -> tuple[tuple, list[str]] | None:
+    """(a key of everything in `messages` but the texts of text parts, those texts in order);
+    None when a message is not a role/content mapping with text parts the shape can hold."""
+    key, texts = [], []
     for message in messages:
-        if not isinstance(message, dict) or "content" not in message:
+        if type(message) is not dict or "content" not in message:
             return None
+        role = message.get("role")
+        key.append(("role", role) if len(message) == 2 and type(role) is str else
+                   ("message", repr({k: v for k, v in message.items() if k != "content"})))
         content = message["content"]
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        if not isinstance(parts, list):
+        if type(content) is str:
+            key.append("text")
+            texts.append(content)
+            continue
+        if type(content) is not list:
             return None
-        shaped = []
-        for part in parts:
-            if not isinstance(part, dict):
+        for part in content:
+            if type(part) is not dict:
                 return None
-            if part.get("type") == "text":
-                if not isinstance(part.get("text"), str):
-                    return None
-                texts.append(part["text"])
-                part = {**part, "text": None}
-            shaped.append(part)
-        shape.append({**message, "content": shaped})
-    return shape, texts
+            if part.get("type") != "text":
+                key.append(("part", repr(part)))
+                continue
+            if type(part.get("text")) is not str:
+                return None
+            key.append("text" if len(part) == 2 else
+                       ("text part", repr({k: v for k, v in part.items() if k != "text"})))
+            texts.append(part["text"])
+        key.append(None)  # the message's end
+    return tuple(key), texts
+
+
+def _shape(messages: list[dict]) -> list[dict]:
+    """`messages` (that _shape_key accepted) with every text part's text taken out."""
+    return [{**message, "content": [{**part, "text": None} if part.get("type") == "text" else part
+                                    for part in _parts(message["content"])]} for message in messages]
+
+
+def _parts(content) -> list:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 def _filled(shape: list[dict], texts: list[str]) -> list[dict]:

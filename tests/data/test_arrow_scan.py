@@ -219,3 +219,41 @@ def test_a_mixtures_file_sources_are_scanned_on_arrow_cached_each_at_its_own_bou
     assert scan_split(plain, DataConfig(train=plain), processor, progress=False).samples[0].pixel_bounds is None
     assert scan_split(same, DataConfig(train=same), processor, progress=False).samples[0].pixel_bounds == \
         (None, 448 * 448) and len(calls) == 5
+
+
+def conversations(text_a: str, text_b: str) -> list[list[dict]]:
+    """Conversation shapes the pre-scan renders (and their prefixes), with the given texts."""
+    user = [{"type": "image"}, {"type": "text", "text": text_a}]
+    return [
+        [{"role": "user", "content": user}],
+        [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": text_b}]}],
+        [{"role": "system", "content": text_b}, {"role": "user", "content": user},
+         {"role": "assistant", "content": text_a}, {"role": "user", "content": text_b},
+         {"role": "assistant", "content": [{"type": "text", "text": text_a}]}],
+    ]
+
+
+@pytest.mark.parametrize("name", ["tiny/qwen2-vl", "tiny/llava", "tiny/smolvlm", "tiny/gemma3", "tiny/paligemma"])
+def test_the_measuring_processor_renders_and_tokenises_as_the_processor(name):
+    from mmlora.data.fastmeasure import MeasuringProcessor
+
+    processor = load_data_processor(ModelConfig(name=name))
+    fast = MeasuringProcessor(processor)
+    image = processor.family.image_token
+    texts = [("What color?", "red"), ("  padded \n", "\tanswer with <|im_end|> and </s> inside  "),
+             (f"two {image} markers", " "), ("\n\nlead", "trail\n\n"), ("plain", "x" * 50)]
+    for a, b in texts:  # the first texts make each shape's skeleton, the others are built from it
+        for messages in conversations(a, b):
+            for prompt in (False, True):
+                try:
+                    expected = processor.render(messages, prompt)
+                except Exception as err:  # noqa: BLE001 - the fast path must refuse alike
+                    with pytest.raises(type(err)):
+                        fast.render(messages, prompt)
+                    continue
+                assert fast.render(messages, prompt) == expected
+                expanded = expected.replace(image, image * 3)
+                assert fast.tokenize(expanded) == processor.tokenize(expanded)
+    if name == "tiny/qwen2-vl":  # the fast paths were taken, not only fallen back from
+        assert fast.encode != processor.tokenize and fast.collapse
+        assert all(skeleton is not False for skeleton in fast.skeletons.values())
