@@ -276,6 +276,8 @@ OUT_COLUMNS = ("p_reason", "p_detail", "p_where", "t_detail", "t_where", "sample
                "files")
 PER_ROW = ("p_reason", "p_detail", "p_where", "t_detail", "t_where", "counts", "expand", "lengths", "widths",
            "heights", "visual", "padded", "truncated", "kept", "trained")
+PER_ROW_NUMBERS = ("padded", "truncated", "kept", "trained")
+"""Per-row counts (summed over the split); the other PER_ROW columns are lists (concatenated)."""
 
 
 def out_features():
@@ -292,6 +294,9 @@ def out_features():
 
 def load_result(folder: Path, name: str, source, max_length: int) -> SplitScan | None:
     """Step 3: the SplitScan stored in `folder`, or None when there is none (or an image changed)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     meta_path = folder / "scan.json"
     if not meta_path.is_file():
         return None
@@ -300,24 +305,23 @@ def load_result(folder: Path, name: str, source, max_length: int) -> SplitScan |
         return None
     texts = {hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest(): t for t in meta["expansions"]}
     files = [folder / f for f in meta["files"]]
-    scan, rows, positions = SplitScan(name, str(source), max_length), array.array("q"), array.array("q")
-    for batch in read_arrow(files).select(list(PER_ROW)).to_batches(max_chunksize=4096):
-        columns = {c: batch.column(c).to_pylist() for c in PER_ROW}
-        for i in range(batch.num_rows):
-            row = {c: columns[c][i] for c in PER_ROW}
-            scan.problems += [RowError(*p) for p in zip(row["p_reason"], row["p_detail"], row["p_where"])]
-            scan.too_long += [RowError("too_long", d, w) for d, w in zip(row["t_detail"], row["t_where"])]
-            for k, (counts, keys) in enumerate(zip(row["counts"], row["expand"])):
-                rows.append(scan.rows)
-                positions.append(k)
-                scan.image_tokens.append([ImageTokens(c, texts[key]) if key else c for c, key in zip(counts, keys)])
-            scan.lengths += row["lengths"]
-            scan.image_sizes += list(zip(row["widths"], row["heights"]))
-            scan.visual_tokens += row["visual"]
-            scan.padded_images += row["padded"]
-            scan.truncated += row["truncated"]
-            scan.kept_tokens += row["kept"]
-            scan.trained_tokens += row["trained"]
-            scan.rows += 1
+    # Whole columns at once (a Python loop per row cost seconds at 50k rows); rows stay in order.
+    table = read_arrow(files).select(list(PER_ROW))
+    flat = {c: pc.list_flatten(table.column(c)).to_pylist() for c in PER_ROW if c not in PER_ROW_NUMBERS}
+    scan = SplitScan(name, str(source), max_length, rows=table.num_rows)
+    scan.problems = [RowError(*p) for p in zip(flat["p_reason"], flat["p_detail"], flat["p_where"])]
+    scan.too_long = [RowError("too_long", d, w) for d, w in zip(flat["t_detail"], flat["t_where"])]
+    scan.image_tokens = flat["counts"] if not texts else [
+        [ImageTokens(c, texts[key]) if key else c for c, key in zip(counts, keys)]
+        for counts, keys in zip(flat["counts"], flat["expand"])]
+    scan.lengths, scan.visual_tokens = flat["lengths"], flat["visual"]
+    scan.image_sizes = list(zip(flat["widths"], flat["heights"]))
+    scan.padded_images, scan.truncated, scan.kept_tokens, scan.trained_tokens = (
+        int(pc.sum(table.column(c)).as_py() or 0) for c in PER_ROW_NUMBERS)
+    # sample i: the positions[i]-th usable sample of row rows[i]
+    per_row = pc.list_value_length(table.column("counts")).to_numpy(zero_copy_only=False).astype(np.int64)
+    row_of = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
+    position = np.arange(len(row_of), dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    rows, positions = array.array("q", row_of.tobytes()), array.array("q", position.tobytes())
     scan.samples = ArrowSamples(files, rows, positions)
     return scan
