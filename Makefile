@@ -36,6 +36,7 @@ test-fast: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/run.py --workload scan
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

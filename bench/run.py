@@ -158,8 +158,9 @@ def shared_note(load: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=[*sorted(WORKLOADS), "vision-cache"], default="cpu",
-                        help="vision-cache: 3 epochs with and without train.vision_cache (bench/vision_cache.py)")
+    parser.add_argument("--workload", choices=sorted([*WORKLOADS, "scan", "vision-cache"]), default="cpu",
+                        help="scan: the data pre-scan (bench/scan_bench.py), its own table in results/scan.md; "
+                             "vision-cache: 3 epochs with and without train.vision_cache (bench/vision_cache.py)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="--workload vision-cache only: cuda runs it on Qwen2-VL-2B's architecture")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (alternating order)")
@@ -183,6 +184,13 @@ def main() -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.workload == "scan":
+        from bench.scan_bench import run_scan_bench
+
+        report, path = run_scan_bench(args.out)
+        print(report)
+        print(f"[bench] wrote {path}")
+        return 0
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every run
     if args.workload == "vision-cache":

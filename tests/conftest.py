@@ -16,6 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "MMLORA_VISION_CACHE_DIR" not in os.environ:
     os.environ["MMLORA_VISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmlora-vision-cache-")
     atexit.register(shutil.rmtree, os.environ["MMLORA_VISION_CACHE_DIR"], True)
+# Pre-scan results (mmlora/data/arrowscan.py) in a folder of this session, not the user's cache.
+if "MMLORA_SCAN_CACHE" not in os.environ:
+    os.environ["MMLORA_SCAN_CACHE"] = tempfile.mkdtemp(prefix="mmlora-test-scan-")
+    atexit.register(shutil.rmtree, os.environ["MMLORA_SCAN_CACHE"], True)
 
 # The torchvision session (tests/models/test_torchvision_peers.py starts one): torchvision made
 # importable before mmlora or transformers is imported, so both take the torchvision path.

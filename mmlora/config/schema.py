@@ -165,6 +165,13 @@ class DataConfig:
         "headers only (faster on huge datasets; a corrupt image then stops training when reached).",
         "decode",
     )
+    num_proc: int = _doc(
+        "Processes for the data pre-scan; 0 = auto (one per core, one for small data).", 0
+    )
+    scan_cache: bool = _doc(
+        "Reuse the pre-scan of unchanged data (same files, data fields and processor); stored "
+        "under $MMLORA_SCAN_CACHE or ~/.cache/mmlora/scan (docs/data.md).", True
+    )
     allow_outside_root: bool = _doc(
         "Allow image paths outside the image root (absolute paths elsewhere, ../).", False
     )

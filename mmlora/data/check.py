@@ -12,7 +12,8 @@ import statistics
 
 from mmlora.data.mixture import source_counts
 from mmlora.data.collate import IGNORE_INDEX, answer_labels, fit_length, image_tokens_end, tokenize_text
-from mmlora.data.scan import SplitScan, load_data_processor, scan_report, scan_split, source_report
+from mmlora.data.scan import load_data_processor, scan_report, scan_split, source_report
+from mmlora.data.splitscan import SplitScan
 
 
 def distribution(values: list[int]) -> dict | None:

@@ -64,6 +64,10 @@ def answer_labels(processor: ImageTextProcessor, messages: list[dict], counts: l
     if train_on == "last_turn":
         spans = spans[-1:]
     image_id = processor.image_token_id
+    if len(spans) == 1:  # the common case, written out (the pre-scan labels every sample)
+        (a, b), = spans
+        return [token if token != image_id and a <= start < b else IGNORE_INDEX
+                for token, (start, _end) in zip(input_ids, offsets)]
     return [
         token if token != image_id and any(a <= start < b for a, b in spans) else IGNORE_INDEX
         for token, (start, _end) in zip(input_ids, offsets)

@@ -7,6 +7,7 @@ images.py's; the pre-scan before training (scan.py) builds on `iter_samples`. Se
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import re
@@ -53,25 +54,38 @@ def iter_samples(source, cfg, expand_captions: bool = False) -> Iterator[RowResu
     if isinstance(source, str):
         source = recipe_sources(source, "data")[0]
     if not isinstance(source, DataSource):
-        yield from _iter_rows(source, cfg, expand_captions)
+        yield from _results(source, cfg, expand_captions)
         return
     bounds = source.bounds()
-    try:
-        rows = load_hub_dataset(source, cfg.streaming) if source.hub else _local_path(source)
-        for result in _iter_rows(rows, source.data_config(cfg), expand_captions, source.display):
+    with located(source):
+        rows = load_hub_dataset(source, cfg.streaming) if source.hub else local_path(source)
+        for result in _results(rows, source.data_config(cfg), expand_captions, source.display):
             for sample in result.samples:
                 sample.pixel_bounds = bounds
             yield result
+
+
+@contextlib.contextmanager
+def located(source: DataSource):
+    """An MmloraError raised inside names the recipe entry `source` (`data.train[2]: ...`)."""
+    try:
+        yield
     except MmloraError as err:
         if isinstance(err, RowError) or str(err).startswith(source.label) or source.label == "data":
             raise  # already located, or a value given without its recipe key (nothing to add)
         raise MmloraError(f"{source.label}: {err}") from None
 
 
+def _results(source, cfg, expand_captions: bool, name: str = "dataset") -> Iterator[RowResult]:
+    opened, column_map, rows = open_rows(source, cfg, name)
+    for where, row in rows:
+        yield row_result(where, row, cfg, column_map, opened, expand_captions)
+
+
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def _local_path(source: DataSource) -> Path:
+def local_path(source: DataSource) -> Path:
     """The path of a local source; one that does not exist but reads as a hub id says how to load that."""
     path = resolve_data_path(source.path)
     if not path.exists() and HUB_ID.fullmatch(source.path) and not path.suffix:  # ORG/NAME, not dir/file.jsonl
@@ -87,29 +101,57 @@ def iter_split(value, cfg, expand_captions: bool = False, where: str = "data") -
         yield from iter_samples(source, cfg, expand_captions)
 
 
-def _iter_rows(source, cfg, expand_captions: bool, name: str = "dataset") -> Iterator[RowResult]:
+def open_rows(source, cfg, name: str = "dataset"):
+    """(the opened source, data.column_map parsed, its raw `(where, row)` pairs) of a path, a
+    `datasets.Dataset` (named `name` in messages) or a list of rows: the recipe's column map is
+    checked against the columns before any row (or, for JSON, after the last)."""
+    if isinstance(source, str):
+        source = resolve_data_path(source)
     column_map = parse_column_map(cfg.column_map)  # a recipe mistake before any file is read
     opened = open_source(source, image_root(cfg), name)
     if opened.columns is not None:
         check_mapped_columns(opened.name, column_map, opened.columns)
-    seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
-    for where, row in opened.rows:
-        if column_map and opened.columns is None and isinstance(row, dict):
-            seen.update(row)
-        if isinstance(row, RowError):
-            yield RowResult(where, problem=row.at(where))
-            continue
-        try:
-            samples = row_to_samples(row, cfg, column_map, where, expand_captions)
-            for sample in samples:
-                outside_ok = cfg.allow_outside_root or not opened.confined
-                sample.images = [resolve_image(ref, opened.root, outside_ok, cfg.allow_urls) for ref in sample.images]
-        except RowError as err:
-            yield RowResult(where, problem=err.at(where))
-            continue
-        yield RowResult(where, samples)
-    if column_map and opened.columns is None and seen:
-        check_mapped_columns(opened.name, column_map, sorted(seen), "no row has")
+
+    def rows():
+        seen = set()  # JSON rows may differ: a mapped column is missing only if no row has it
+        for where, row in opened.rows:
+            if column_map and opened.columns is None and isinstance(row, dict):
+                seen.update(row)
+            yield where, row
+        if column_map and opened.columns is None and seen:
+            check_mapped_columns(opened.name, column_map, sorted(seen), "no row has")
+
+    return opened, column_map, rows()
+
+
+def row_result(where: str, row, cfg, column_map: dict[str, str], opened, expand_captions: bool,
+               resolved: dict | None = None) -> RowResult:
+    """One raw row of `opened` (a sources.Source) as samples with resolved images, or its problem.
+    `resolved`: image paths already resolved in this scan (the Arrow scan's workers keep one;
+    rows of one image come together, and each path is then checked once)."""
+    if isinstance(row, RowError):
+        return RowResult(where, problem=row.at(where))
+    try:
+        samples = row_to_samples(row, cfg, column_map, where, expand_captions)
+        outside_ok = cfg.allow_outside_root or not opened.confined
+        for sample in samples:
+            sample.images = [_resolved(ref, opened.root, outside_ok, cfg.allow_urls, resolved) for ref in sample.images]
+    except RowError as err:
+        return RowResult(where, problem=err.at(where))
+    return RowResult(where, samples)
+
+
+def _resolved(ref, root: Path, outside_ok: bool, allow_urls: bool, resolved: dict | None):
+    """resolve_image, a local path looked up in `resolved` first (and kept there once found)."""
+    if resolved is None or not isinstance(ref, str):
+        return resolve_image(ref, root, outside_ok, allow_urls)
+    key = (ref, root, outside_ok, allow_urls)
+    found = resolved.get(key)
+    if found is None:
+        found = resolve_image(ref, root, outside_ok, allow_urls)
+        if isinstance(found, Path):  # URLs and data: URIs are cheap; errors are raised again each row
+            resolved[key] = found
+    return found
 
 
 def check_mapped_columns(name: str, column_map: dict[str, str], columns: list[str], lacks: str = "it has no") -> None:

@@ -10,8 +10,11 @@ epoch, so every rank of a multi-process run, and a resumed run, sees the same ep
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import random
+from collections.abc import Sequence
 
 
 def source_counts(weights: list[float], total: int) -> list[int]:
@@ -45,8 +48,33 @@ def combine_scans(total, parts: list):
     for f in dataclasses.fields(total):
         if f.name in ("name", "source", "max_length", "parts", "data_source"):
             continue
+        if f.name == "samples" and not all(isinstance(part.samples, list) for part in parts):
+            total.samples = JoinedSamples([part.samples for part in parts])  # Arrow-backed: not copied
+            continue
         for part in parts:
             value = getattr(part, f.name)
             setattr(total, f.name, getattr(total, f.name) + value)
     total.parts = list(parts)
     return total
+
+
+class JoinedSamples(Sequence):
+    """Sequences of samples read as one, in order, without copying them (a mixture's sources
+    scanned on Arrow keep their samples on disk, scanstore.ArrowSamples)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.starts = list(itertools.accumulate((len(part) for part in parts), initial=0))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = bisect.bisect_right(self.starts, index) - 1
+        return self.parts[part][index - self.starts[part]]

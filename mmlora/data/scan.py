@@ -9,104 +9,19 @@ dropped or truncated here, so training never meets a sample that does not fit.
 
 from __future__ import annotations
 
-import collections
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from mmlora.data.collate import (
-    IGNORE_INDEX, answer_labels, encode_for_training, fit_length, image_tokens_end, tokenize_text,
-)
-from mmlora.data.images import ImageInfo
 from mmlora.config.sources import DataSource, recipe_sources
-from mmlora.data.loading import ImageChecker, iter_samples
+from mmlora.data.arrowscan import scan_arrow
+from mmlora.data.collate import encode_for_training
+from mmlora.data.loading import ImageChecker, iter_samples, local_path, located
 from mmlora.data.mixture import combine_scans, epoch_order
 from mmlora.data.streaming import StreamingDataset
 from mmlora.data.samples import REASONS, RowError, Sample
+from mmlora.data.splitscan import SplitScan, VisualTokenCounter, scan_row
 from mmlora.errors import MmloraError
-
-
-class VisualTokenCounter:
-    """Visual tokens an image of a given size becomes, computed without its pixels.
-
-    Fast path: the image processor's own `get_number_of_image_patches` (Qwen-VL's smart_resize
-    rule) divided by its patch merge. It is used only after it matched the processor's real
-    output on probe sizes, expansion text included; otherwise (other families: tiles, fixed
-    sizes, markers) each distinct size is measured once on a blank image.
-    """
-
-    PROBES = ((113, 97), (640, 480), (20, 500), (3000, 2000))
-
-    def __init__(self, processor):
-        self.processor, self.cache = processor, {}
-        placeholder = processor.family.image_token
-        try:
-            measured = [self._measured(w, h) for w, h in self.PROBES]
-            self.fast = all(
-                self._rule(w, h) == m and getattr(m, "text", placeholder * m) == placeholder * m
-                for (w, h), m in zip(self.PROBES, measured)
-            )
-        except Exception:  # noqa: BLE001 - no such method, or another rule: measure each size
-            self.fast = False
-
-    def __call__(self, width: int, height: int) -> int:
-        key = (width, height)
-        if key not in self.cache:
-            self.cache[key] = self._rule(width, height) if self.fast else self._measured(width, height)
-        return self.cache[key]
-
-    def _rule(self, width: int, height: int) -> int:
-        image_processor = self.processor.image_processor
-        return image_processor.get_number_of_image_patches(height, width) // image_processor.merge_size**2
-
-    def _measured(self, width: int, height: int):
-        from PIL import Image
-
-        blank = Image.new("RGB", (width, height))
-        return self.processor.encode(self.processor.family.image_token, [blank]).image_token_counts[0]
-
-
-@dataclass
-class SplitScan:
-    """Everything the pre-scan learned about one split."""
-
-    name: str
-    source: str
-    max_length: int
-    rows: int = 0
-    problems: list[RowError] = field(default_factory=list)
-    """Bad rows (skipped with on_error=skip, fatal with raise)."""
-    too_long: list[RowError] = field(default_factory=list)
-    """Samples dropped because they do not fit max_length."""
-    samples: list[Sample] = field(default_factory=list)
-    """Usable samples, as training will see them."""
-    image_tokens: list[list[int]] = field(default_factory=list)
-    """Visual tokens per image of each usable sample."""
-    truncated: int = 0
-    lengths: list[int] = field(default_factory=list)
-    """Tokens of every sample that passed the row checks, before max_length applies."""
-    image_sizes: list[tuple[int, int]] = field(default_factory=list)
-    visual_tokens: list[int] = field(default_factory=list)
-    padded_images: int = 0
-    kept_tokens: int = 0
-    trained_tokens: int = 0
-    data_source: DataSource | None = None
-    """The recipe entry scanned (its weight and pixel bounds), when the split names one."""
-    parts: list["SplitScan"] = field(default_factory=list)
-    """A mixture's per-source scans, in order (mmlora/data/mixture.py); empty for one source."""
-
-    def skipped(self) -> dict[str, int]:
-        """Bad rows by reason."""
-        return dict(sorted(collections.Counter(p.reason for p in self.problems).items()))
-
-
-def _measure(processor, sample: Sample, counts: list[int], cfg) -> tuple[int, list[int] | None]:
-    """(length before max_length, labels after it or None when the sample must be dropped)."""
-    ids, offsets = tokenize_text(processor, sample.messages, counts)
-    labels = answer_labels(processor, sample.messages, counts, ids, offsets, cfg.train_on)
-    keep = image_tokens_end(processor, sample.messages, counts, offsets)
-    fitted = fit_length(ids, labels, cfg.max_length, cfg.too_long == "truncate", keep)
-    return len(ids), (fitted[1] if fitted else None)
 
 
 def scan_split(source, cfg, processor, name: str = "train", expand_captions: bool = True,
@@ -114,7 +29,7 @@ def scan_split(source, cfg, processor, name: str = "train", expand_captions: boo
     """Check every row of `source` (see module docstring); never raises for a bad row.
     `limit`: stop once that many usable samples were found (for previews; per source of a mixture).
     A mixture (data.train as a list) is scanned source by source, each at its own pixel bounds."""
-    sources = recipe_sources(source, f"data.{name}")
+    sources = recipe_sources(str(source) if isinstance(source, Path) else source, f"data.{name}")
     if sources is not None and len(sources) > 1:
         parts = [_scan_source(s, cfg, processor, name, expand_captions, progress, limit) for s in sources]
         return combine_scans(SplitScan(name, f"a mixture of {len(sources)} sources", cfg.max_length), parts)
@@ -123,8 +38,28 @@ def scan_split(source, cfg, processor, name: str = "train", expand_captions: boo
 
 def _scan_source(source, cfg, processor, name: str, expand_captions: bool, progress: bool,
                  limit: int | None) -> SplitScan:
+    """One source: a local file or folder (limit None) on Arrow in several processes, cached
+    (data/arrowscan.py), at the source's own pixel bounds; hub datasets, data in memory, previews
+    and rows JSON cannot carry in this process (`scan_serially`)."""
+    if isinstance(source, DataSource) and not source.hub and limit is None:
+        bounds = source.bounds()
+        with located(source):
+            scan = scan_arrow(local_path(source), source.data_config(cfg), processor.at_bounds(bounds), name,
+                              expand_captions, progress, bounds)
+        if scan is not None:
+            scan.source, scan.data_source = source.display, source
+            return scan
+    return scan_serially(source, cfg, processor, name, expand_captions, progress, limit)
+
+
+def scan_serially(source, cfg, processor, name: str = "train", expand_captions: bool = True,
+                  progress: bool = True, limit: int | None = None) -> SplitScan:
+    """The single-process scan of one source (a path, a `DataSource`, or data in memory): hub
+    datasets, previews, and the reference the Arrow scan is tested against."""
     from tqdm.auto import tqdm
 
+    if isinstance(source, (str, Path)):  # one recipe entry, named as scan_split names it
+        source = recipe_sources(str(source), f"data.{name}")[0]
     entry = source if isinstance(source, DataSource) else None
     scan = SplitScan(name, entry.display if entry else str(source), cfg.max_length, data_source=entry)
     # Visual tokens at the source's own resolution (Sample.pixel_bounds), as training encodes them.
@@ -132,53 +67,10 @@ def _scan_source(source, cfg, processor, name: str, expand_captions: bool, progr
     count_tokens, inspect = VisualTokenCounter(bounded), ImageChecker(decode=cfg.image_check == "decode")
     rows = iter_samples(source, cfg, expand_captions)
     for result in tqdm(rows, desc=f"checking {name} data", unit=" rows", disable=None if progress else True):  # None: no bar off a terminal
-        scan.rows += 1
-        if result.problem is None:
-            try:
-                infos = [[inspect(ref) for ref in sample.images] for sample in result.samples]
-            except RowError as err:
-                result.problem = err.at(result.where)
-        if result.problem is not None:
-            scan.problems.append(result.problem)
-            continue
-        for sample, sample_infos in zip(result.samples, infos):
-            try:
-                _add_sample(scan, processor, cfg, sample, sample_infos, count_tokens)
-            except RowError as err:
-                scan.problems.append(err.at(result.where))
-            except MmloraError as err:  # e.g. the family's template refuses this conversation
-                scan.problems.append(RowError("bad_row", str(err), result.where))
-            except (TypeError, ValueError, UnicodeError) as err:  # the tokenizer or template refuses the text
-                scan.problems.append(RowError("bad_row", f"the {processor.family.name} processor cannot encode this "
-                                                         f"row ({type(err).__name__}: {err})", result.where))
+        scan_row(scan, result, processor, cfg, inspect, count_tokens)
         if limit is not None and len(scan.samples) >= limit:
             break
     return scan
-
-
-def _add_sample(scan: SplitScan, processor, cfg, sample: Sample, infos: list[ImageInfo], count_tokens) -> None:
-    counts = [count_tokens(info.width, info.height) for info in infos]
-    measured = []
-    for option in sample.answer_options or [None]:
-        variant = sample if option is None else sample.with_final_answer(option)
-        measured.append((option, *_measure(processor, variant, counts, cfg)))
-    scan.image_sizes += [(info.width, info.height) for info in infos]
-    scan.visual_tokens += counts
-    scan.padded_images += sum(info.padded for info in infos)
-    scan.lengths.append(measured[0][1])
-    fitting = [(option, length, labels) for option, length, labels in measured if labels is not None]
-    if not fitting:
-        scan.too_long.append(RowError("too_long", f"{measured[0][1]} tokens (with {sum(counts)} visual) do "
-                                                  f"not fit data.max_length={cfg.max_length}", sample.source))
-        return
-    if sample.answer_options:
-        sample.answer_options = [option for option, _, _ in fitting]
-    _, length, labels = fitting[0]
-    scan.truncated += length > cfg.max_length
-    scan.kept_tokens += len(labels)
-    scan.trained_tokens += sum(label != IGNORE_INDEX for label in labels)
-    scan.samples.append(sample)
-    scan.image_tokens.append(counts)
 
 
 def enforce_on_error(scan: SplitScan, on_error: str) -> None:

@@ -30,7 +30,7 @@ START_LEFTOVERS = {"data_report.json"}
 RESUME_MAY_DIFFER = {
     "train.output_dir", "train.logging_steps", "train.save_steps", "train.save_total_limit",
     "train.num_workers", "train.max_bad_steps", "train.report_to", "train.eval_strategy",
-    "train.eval_steps", "data.eval",
+    "train.eval_steps", "data.eval", "data.num_proc", "data.scan_cache",
     # The feature cache changes speed, not results (mmlora/models/vision_cache.py).
     "train.vision_cache", "train.vision_cache_dir", "train.vision_cache_memory",
 }

@@ -14,7 +14,8 @@ from PIL import Image
 from mmlora.config.schema import ModelConfig
 from mmlora.data.images import inspect_image, load_image, resolve_image
 from mmlora.data.samples import RowError
-from mmlora.data.scan import VisualTokenCounter, load_data_processor
+from mmlora.data.scan import load_data_processor
+from mmlora.data.splitscan import VisualTokenCounter
 from mmlora.errors import MmloraError
 
 

@@ -136,7 +136,8 @@ def test_every_command_path_uses_the_recipe_bounds(tmp_path):
     """train/eval/infer (load_model_and_processor), data check/preview (load_data_processor) and
     plan (visual_token_table) on a checkpoint folder in the published Qwen2-VL layout."""
     from mmlora.config.schema import ModelConfig, Recipe
-    from mmlora.data.scan import VisualTokenCounter, load_data_processor
+    from mmlora.data.scan import load_data_processor
+    from mmlora.data.splitscan import VisualTokenCounter
     from mmlora.models.families import family_for_model_type
     from mmlora.models.loading import load_config, load_model_and_processor, save_tiny_model
     from mmlora.models.plan import visual_token_table

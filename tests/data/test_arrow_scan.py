@@ -1,0 +1,259 @@
+"""The Arrow pre-scan (mmlora/data/arrowscan.py): the same findings as the single-process scan on
+varied data, in several processes; its result cached by fingerprint (any changed input scans
+again); under multi-process training only the first process scans."""
+
+import dataclasses
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mmlora.config.schema import DataConfig, ModelConfig
+from mmlora.data import arrowscan
+from mmlora.data.collate import answer_labels, encode_for_training, tokenize_text
+from mmlora.data.scan import TrainingDataset, load_data_processor, scan_serially, scan_split
+from mmlora.data.scanstore import ArrowSamples
+
+Q = "What color is the shape?"
+
+
+def write_images(root):
+    sizes = {"a.png": (56, 56), "b.png": (140, 84), "c.png": (448, 336), "d.jpg": (30, 200)}
+    for i, (name, size) in enumerate(sizes.items()):
+        Image.new("RGB", size, (40 * i, 90, 200 - 40 * i)).save(root / name)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+
+def varied_rows() -> list:
+    """Every row format, several captions, multi-turn chats, special-token text, bad rows."""
+    return [
+        {"image": "a.png", "question": Q, "answer": "red"},
+        {"image": "b.png", "caption": "a wide picture of a blue square on a gray background"},
+        {"image": "c.png", "captions": ["big", "a large image with many visual tokens", "large"]},
+        {"images": ["a.png", "d.jpg"], "messages": [
+            {"role": "user", "content": "<image> and <image>: which is taller?"},
+            {"role": "assistant", "content": "the second one"},
+            {"role": "user", "content": "And the colour <|im_end|> of the first?"},
+            {"role": "assistant", "content": "blue <|image_pad|> really"}]},
+        {"image": "d.jpg", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                             {"from": "gpt", "value": " ".join(["word"] * 150)}]},
+        {"image": "missing.png", "question": Q, "answer": "red"},
+        {"image": "broken.png", "question": Q, "answer": "red"},
+        {"image": "a.png", "question": Q, "answer": "  "},
+        {"image": "a.png", "question": "<image> <image> two markers", "answer": "x"},
+        {"image": "b.png", "question": "Is it wide?", "answer": "yes"},
+        {"image": "c.png", "question": Q, "answer": " ".join(["long"] * 40)},
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("varied")
+    write_images(root)
+    rows = varied_rows()
+    lines = [json.dumps(r) for r in rows] + ['{"image": "a.png", "question": "unclosed']
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    embedded = [{"image": {"bytes": (root / r["image"]).read_bytes(), "path": None}, "question": r["question"],
+                 "answer": r["answer"]} for r in rows if "question" in r and (root / r["image"]).is_file()]
+    pq.write_table(pa.Table.from_pylist(embedded), root / "embedded.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=448 * 448))
+
+
+def findings(scan) -> dict:
+    """Everything a scan reports, problems as (reason, message, where), samples as their fields."""
+    out = {f.name: getattr(scan, f.name) for f in dataclasses.fields(scan)}
+    for name in ("problems", "too_long"):
+        out[name] = [(p.reason, p.detail, p.where) for p in out[name]]
+    out["samples"] = [dataclasses.asdict(s) for s in scan.samples]
+    out["image_tokens"] = [[(int(c), getattr(c, "text", None)) for c in counts] for counts in scan.image_tokens]
+    out["parts"] = [findings(part) for part in scan.parts]  # a mixture's sources
+    return out
+
+
+@pytest.mark.parametrize("file,options", [
+    ("train.jsonl", {}),
+    ("train.jsonl", {"too_long": "truncate", "captions_per_image": "random", "train_on": "last_turn"}),
+    ("embedded.parquet", {"image_check": "header"}),
+])
+def test_arrow_scan_finds_what_the_single_process_scan_finds(data, processor, file, options):
+    cfg = DataConfig(train="x", on_error="skip", max_length=300, num_proc=2, **options)
+    serial = scan_serially(str(data / file), cfg, processor, progress=False)
+    arrow = scan_split(str(data / file), cfg, processor, progress=False)
+    assert isinstance(arrow.samples, ArrowSamples)  # read from the Arrow file, not held in a list
+    assert findings(arrow) == findings(serial)
+    assert serial.problems and serial.samples and (serial.too_long or serial.truncated)
+    # per sample, as training sees it: token counts, labels (the trained spans), encoded inputs
+    for old, new, counts in zip(serial.samples, arrow.samples, arrow.image_tokens):
+        ids, offsets = tokenize_text(processor, new.messages, counts)
+        labels = answer_labels(processor, new.messages, counts, ids, offsets, cfg.train_on)
+        assert (ids, labels) == (lambda i, o: (i, answer_labels(processor, old.messages, counts, i, o, cfg.train_on)))(
+            *tokenize_text(processor, old.messages, counts))
+    old_set, new_set = (TrainingDataset(s, processor, cfg, seed=3) for s in (serial, arrow))
+    for i in range(len(old_set)):
+        a, b = old_set[i], new_set[i]
+        assert (a.input_ids, a.labels, a.pixel_values.tolist()) == (b.input_ids, b.labels, b.pixel_values.tolist())
+
+
+def scans_run(monkeypatch) -> list:
+    """Calls of the scanning step (not the read of a cached result)."""
+    calls, scan_into = [], arrowscan._scan_into
+    monkeypatch.setattr(arrowscan, "_scan_into", lambda *a, **k: calls.append(1) or scan_into(*a, **k))
+    return calls
+
+
+def test_second_scan_reads_the_cache_and_any_changed_input_scans_again(data, processor, tmp_path, monkeypatch):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_images(folder)
+    rows = [{"image": "a.png", "question": Q, "answer": "red"}, {"image": "new.png", "question": Q, "answer": "x"}]
+    (folder / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = scans_run(monkeypatch)
+    cfg = DataConfig(train="x", on_error="skip")
+
+    def report(config=cfg, proc=processor):
+        scan = scan_split(str(folder / "t.jsonl"), config, proc, progress=False)
+        return len(calls), [p.reason for p in scan.problems], scan.image_tokens, scan.lengths
+
+    first = report()
+    assert first[:2] == (1, ["missing_image"])
+    assert report() == first  # unchanged: read back, not scanned
+    assert report(DataConfig(train="x", on_error="skip", scan_cache=False))[0] == 2  # cache off: scans
+    assert report(DataConfig(train="x", on_error="skip", max_length=64))[0] == 3  # a data field
+    other = load_data_processor(ModelConfig(name="tiny/qwen2-vl", max_pixels=56 * 56))
+    assert report(proc=other)[0] == 4  # the processor (its pixel bounds)
+    Image.new("RGB", (300, 300)).save(folder / "a.png")  # an image replaced
+    changed = report()
+    assert changed[0] == 5 and changed[2] != first[2]
+    Image.new("RGB", (56, 56)).save(folder / "new.png")  # the missing image added
+    assert report()[:2] == (6, [])
+    (folder / "t.jsonl").write_text(json.dumps(rows[0]) + "\n")  # the data file
+    assert report()[:2] == (7, [])
+    assert report()[0] == 7
+
+
+def test_other_ranks_wait_for_the_first_process_and_read_its_result(data, processor, monkeypatch):
+    calls = scans_run(monkeypatch)
+    cfg = DataConfig(train="x", on_error="skip", max_length=299)  # a fingerprint no other test made
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    first_process = []
+
+    def rank_zero_scans_meanwhile(seconds):  # stands for time passing while rank 0 scans
+        assert not calls, "a second rank scanned"
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        first_process.append(scan_split(str(data / "train.jsonl"), cfg, processor, progress=False))
+        monkeypatch.setenv("LOCAL_RANK", "1")
+
+    monkeypatch.setattr(arrowscan.time, "sleep", rank_zero_scans_meanwhile)
+    waited = scan_split(str(data / "train.jsonl"), cfg, processor, progress=False)
+    assert len(calls) == 1 and len(first_process) == 1
+    assert findings(waited) == findings(first_process[0])
+    # with the cache off too: ranks share the result through the cache folder
+    assert findings(scan_split(str(data / "train.jsonl"), dataclasses.replace(cfg, scan_cache=False), processor,
+                               progress=False)) == findings(waited) and len(calls) == 1
+
+
+def test_rows_json_cannot_carry_are_scanned_in_one_process(data, processor, monkeypatch):
+    import datetime
+
+    table = pa.Table.from_pylist([{"image": "a.png", "question": Q, "answer": "red",
+                                   "taken": datetime.datetime(2024, 5, 1, 12, 0)}])
+    pq.write_table(table, data / "dated.parquet")
+    calls = scans_run(monkeypatch)
+    cfg = DataConfig(train="x")
+    scan = scan_split(str(data / "dated.parquet"), cfg, processor, progress=False)
+    assert len(calls) == 1 and isinstance(scan.samples, list)  # tried, then the single-process scan
+    assert findings(scan) == findings(scan_serially(str(data / "dated.parquet"), cfg, processor, progress=False))
+
+
+def test_an_empty_file_and_the_folder_holding_it_are_scanned_as_themselves(processor, tmp_path):
+    from mmlora.errors import MmloraError
+
+    (tmp_path / "empty.jsonl").write_text("")
+    cfg = DataConfig(train="x")
+    empty = scan_split(str(tmp_path / "empty.jsonl"), cfg, processor, progress=False)
+    assert findings(empty) == findings(scan_serially(str(tmp_path / "empty.jsonl"), cfg, processor, progress=False))
+    # the folder's files are the same (one empty file), its result is not the file's
+    with pytest.raises(MmloraError, match="is a folder without a dataset"):
+        scan_split(str(tmp_path), cfg, processor, progress=False)
+
+
+def test_a_mixtures_file_sources_are_scanned_on_arrow_cached_each_at_its_own_bounds(processor, tmp_path,
+                                                                                       monkeypatch):
+    from mmlora.config.sources import data_sources
+
+    Image.new("RGB", (300, 200), "white").save(tmp_path / "doc.png")
+    Image.new("RGB", (200, 300), "red").save(tmp_path / "photo.png")
+    for name, image in (("docs", "doc.png"), ("photos", "photo.png")):
+        rows = [{"image": image, "question": f"{name} {i}?", "answer": f"{name[0]}{i}"} for i in range(3)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = [{"path": str(tmp_path / "docs.jsonl"), "max_pixels": 4 * 28 * 28},
+             {"path": str(tmp_path / "photos.jsonl"), "min_pixels": 128 * 28 * 28, "weight": 2}]
+    cfg = DataConfig(train=train)
+    calls = scans_run(monkeypatch)
+    scan = scan_split(train, cfg, processor, progress=False)
+    assert len(calls) == 2 and all(isinstance(part.samples, ArrowSamples) for part in scan.parts)
+    # each source as the single-process scan finds it at that source's bounds, which its samples carry
+    for part, source in zip(scan.parts, data_sources(train)):
+        assert findings(part) == findings(scan_serially(source, cfg, processor, progress=False))
+    assert [s.pixel_bounds for s in scan.samples] == [(None, 4 * 28 * 28)] * 3 + [(128 * 28 * 28, None)] * 3
+    assert scan.image_tokens == [[2]] * 3 + [[140]] * 3  # 300x200 into 4 tokens' area; 200x300 scaled up
+    # a second run reads both sources from the cache
+    again = scan_split(train, cfg, processor, progress=False)
+    assert len(calls) == 2 and findings(again) == findings(scan)
+    # the same file at other bounds is another result (the fingerprint keys on the source's bounds)
+    other = [dict(train[0], max_pixels=16 * 28 * 28), train[1]]
+    changed = scan_split(other, DataConfig(train=other), processor, progress=False)
+    assert len(calls) == 3 and changed.parts[0].samples[0].pixel_bounds == (None, 16 * 28 * 28)
+    assert changed.parts[0].image_tokens != scan.parts[0].image_tokens
+    # bounds equal to the model's leave the processor as it is, yet the samples carry them: scanned again
+    plain, same = ([{"path": str(tmp_path / "docs.jsonl"), **extra}, train[1]]
+                   for extra in ({}, {"max_pixels": 448 * 448}))
+    assert scan_split(plain, DataConfig(train=plain), processor, progress=False).samples[0].pixel_bounds is None
+    assert scan_split(same, DataConfig(train=same), processor, progress=False).samples[0].pixel_bounds == \
+        (None, 448 * 448) and len(calls) == 5
+
+
+def conversations(text_a: str, text_b: str) -> list[list[dict]]:
+    """Conversation shapes the pre-scan renders (and their prefixes), with the given texts."""
+    user = [{"type": "image"}, {"type": "text", "text": text_a}]
+    return [
+        [{"role": "user", "content": user}],
+        [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": text_b}]}],
+        [{"role": "system", "content": text_b}, {"role": "user", "content": user},
+         {"role": "assistant", "content": text_a}, {"role": "user", "content": text_b},
+         {"role": "assistant", "content": [{"type": "text", "text": text_a}]}],
+    ]
+
+
+@pytest.mark.parametrize("name", ["tiny/qwen2-vl", "tiny/llava", "tiny/smolvlm", "tiny/gemma3", "tiny/paligemma"])
+def test_the_measuring_processor_renders_and_tokenises_as_the_processor(name):
+    from mmlora.data.fastmeasure import MeasuringProcessor
+
+    processor = load_data_processor(ModelConfig(name=name))
+    fast = MeasuringProcessor(processor)
+    image = processor.family.image_token
+    texts = [("What color?", "red"), ("  padded \n", "\tanswer with <|im_end|> and </s> inside  "),
+             (f"two {image} markers", " "), ("\n\nlead", "trail\n\n"), ("plain", "x" * 50)]
+    for a, b in texts:  # the first texts make each shape's skeleton, the others are built from it
+        for messages in conversations(a, b):
+            for prompt in (False, True):
+                try:
+                    expected = processor.render(messages, prompt)
+                except Exception as err:  # noqa: BLE001 - the fast path must refuse alike
+                    with pytest.raises(type(err)):
+                        fast.render(messages, prompt)
+                    continue
+                assert fast.render(messages, prompt) == expected
+                expanded = expected.replace(image, image * 3)
+                assert fast.tokenize(expanded) == processor.tokenize(expanded)
+    if name == "tiny/qwen2-vl":  # the fast paths were taken, not only fallen back from
+        assert fast.encode != processor.tokenize and fast.collapse
+        assert all(skeleton is not False for skeleton in fast.skeletons.values())
