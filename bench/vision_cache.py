@@ -199,8 +199,8 @@ def run_bench(tmp: Path, device: str, rounds: int = 2) -> tuple[str, float]:
                                                          cache, checkpointing, device))
     results = {run: {**found[0], "tokens_per_s": statistics.median(r["tokens_per_s"] for r in found),
                      "rounds": [round(r["tokens_per_s"]) for r in found]} for run, found in runs.items()}
-    lines = [f"Qwen2-VL-2B at 448x448 (published config: vision depth 32, width 1280; language 28 layers, "
-             f"width 1536, MLP 8960), per sample of 1024 patches and ~300 tokens:"]
+    lines = ["Qwen2-VL-2B at 448x448 (published config: vision depth 32, width 1280; language 28 layers, "
+             "width 1536, MLP 8960), per sample of 1024 patches and ~300 tokens:"]
     for checkpointing in (False, True):
         v, lang, ratio = published_ratio(checkpointing)
         lines.append(f"- gradient checkpointing {'on' if checkpointing else 'off'}: vision {v / 1e12:.2f} TFLOP, "
