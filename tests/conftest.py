@@ -12,6 +12,9 @@ import pytest
 # No test may reach a model hub: fail fast instead of retrying a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A process of a test that dies on a fatal signal (a gloo rank aborting in C++, SIGABRT) prints
+# every thread's Python stack first: a rare rank abort in the 2-process tests left no trace.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 # Cached vision features (train.vision_cache) go to a folder of this test session, not ~/.cache.
 if "MMLORA_VISION_CACHE_DIR" not in os.environ:
     os.environ["MMLORA_VISION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmlora-vision-cache-")
