@@ -93,14 +93,21 @@ def _source_dir(name: str) -> str:
 
 
 def _explain_load_failure(name: str, err: Exception) -> MmloraError:
-    if Path(name).exists():
+    """One line for a model that did not load: what `name` was taken for, and what to do."""
+    path = Path(name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        return MmloraError(f"'{name}' has no config.json, so it is not a model folder: give the folder that "
+                           "holds config.json, the weights (*.safetensors) and the processor files, as the "
+                           "hub lays them out (`hf download ORG/NAME --local-dir FOLDER`).")
+    if path.exists():
         return MmloraError(f"Could not load the model in '{name}': {err}")
     if "/" in name and not name.startswith((".", "/")):
+        # Both readings fail: say so, since a typo in a local path looks like an owner/name id.
         return MmloraError(
-            f"Could not load '{name}' from the Hugging Face Hub (no connection, unknown id, or no "
-            f"access). Pass a local directory instead, e.g. `hf download {name} --local-dir "
-            f"models/{name.split('/')[-1]}` on a connected machine, then model.name=models/"
-            f"{name.split('/')[-1]}."
+            f"'{name}' is no local folder, and the Hugging Face Hub could not give it as a model id (no "
+            f"connection, unknown id, or no access). For a local folder, check the path; for a hub model, "
+            f"run `hf download {name} --local-dir models/{path.name}` on a connected machine and give "
+            f"models/{path.name} as the model (model.name in a recipe, --model on the command line)."
         )
     return MmloraError(f"Model '{name}' is neither a local directory nor a hub id (owner/name).")
 

@@ -19,6 +19,7 @@ from mmlora.config.loading import load_recipe
 from mmlora.config.paths import shipped_recipes
 from mmlora.errors import MmloraError
 from mmlora.models.families import family_for_model_type
+from mmlora.models.loading import load_model_and_processor
 from mmlora.models.plan import _meta_model, base_parameter_count, make_plan
 from mmlora.models.published import published_dir, published_ids, resolve_config
 from mmlora.models.tiny import tiny_dir
@@ -260,6 +261,18 @@ def test_the_hub_cache_wins_over_the_shipped_copy(offline):
 
 def test_an_unknown_hub_id_offline_still_fails_clearly(offline):
     recipe = load_recipe("qwen2_vl_2b_lora_vqa", ["model.name=someone/not-shipped-model"])
-    with pytest.raises(MmloraError, match="Could not load 'someone/not-shipped-model' from the Hugging Face Hub"):
+    with pytest.raises(MmloraError, match="'someone/not-shipped-model' is no local folder, and the Hugging Face Hub "
+                                          "could not give it as a model id") as caught:
         resolve_config(recipe.model)
+    assert "`hf download someone/not-shipped-model --local-dir models/not-shipped-model`" in str(caught.value)
+
+
+def test_a_folder_without_config_json_is_named_as_not_a_model_folder(offline):
+    """An empty or wrong folder (e.g. the parent of the checkpoint): said as such, not as
+    transformers' "Unrecognized model ... Should have a `model_type` key"."""
+    folder = offline / "downloads"
+    folder.mkdir()
+    recipe = load_recipe("tiny_vqa", [f"model.name={folder}"])
+    with pytest.raises(MmloraError, match=f"'{folder}' has no config.json, so it is not a model folder"):
+        load_model_and_processor(recipe.model, device="cpu")
 
