@@ -20,7 +20,7 @@ from mmlora.config.sources import data_sources, resolve_bounds
 from mmlora.models.lora import (
     ParameterCount, apply_lora, count_parameters, format_adapted_modules, format_parameter_table,
 )
-from mmlora.models.memory import QUANTIZED_BYTES, estimate_memory, format_estimate, format_step_time, meta_lora_model
+from mmlora.models.memory import QUANTIZED_BYTES, estimate_memory, format_estimate, format_step_time
 
 
 @dataclass
@@ -40,6 +40,9 @@ class Plan:
     config: object = None
     source_tokens: list = field(default_factory=list)
     """Visual tokens per image of each data source with its own min/max_pixels (`source_token_tables`)."""
+    meta_model: object = None
+    """The meta-device model with LoRA attached, which the memory estimate reuses (building it
+    again cost as much as the rest of `mmlora plan`)."""
 
     def count(self, component: str) -> ParameterCount:
         return next(c for c in self.counts if c.component == component)
@@ -126,6 +129,7 @@ def make_plan(recipe: Recipe) -> Plan:
                 adapter_bytes, _weights_bytes(model, model.mmlora_adapted, recipe.model.quantization),
                 visual, note, describe_source(resolved, recipe.model), base_parameters, family, config)
     plan.source_tokens = source_token_tables(recipe, family, config, resolved.source)
+    plan.meta_model = model
     return plan
 
 
@@ -186,7 +190,7 @@ def memory_section(recipe: Recipe, plan: Plan) -> str:
     # The most visual tokens one image can take: at model.max_pixels or a data source's larger own.
     visual = max(n for rows in [plan.visual_tokens] + [t for _, _, t in plan.source_tokens]
                  for label, n in rows if "max_pixels" in label) if plan.visual_tokens else 0
-    model, family = meta_lora_model(recipe, _dtype(recipe))
+    model, family = plan.meta_model, plan.family_spec
     estimates = [estimate_memory(recipe, visual_tokens=visual, gradient_checkpointing=ckpt, model=model)
                  for ckpt in (False, True)]
     return ("peak GPU memory per device (estimate; rows padded to data.max_length, logits for every "
