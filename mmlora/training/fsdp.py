@@ -60,3 +60,18 @@ def gathered_trainable_state(model) -> dict:
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     return get_model_state_dict(model, options=options)
+
+
+def sharding_line(model) -> str | None:
+    """What this process holds of an FSDP2-sharded `model` (parameters are DTensors), as one
+    console line; None when nothing is sharded (single process, DDP, FSDP1's flat parameters)."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters()) if model is not None else []
+    sharded = [p for p in params if isinstance(p, DTensor)]
+    if not sharded:
+        return None
+    full = sum(p.numel() for p in params)
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return (f"FSDP2: {len(sharded)} of {len(params)} weight tensors sharded over {sharded[0].device_mesh.size()} "
+            f"processes; this process holds {local:,} of {full:,} values ({100 * local / full:.1f}%)")
