@@ -152,6 +152,10 @@ def test_fsdp_config_shards_two_cpu_processes_and_matches_one_process(tmp_path):
     checkpoint = sharded / "checkpoint-2"
     assert {"adapter_model.safetensors", "pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in checkpoint.iterdir()}
     assert checkpoint_problem(checkpoint, world_size=2) is None
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    (damaged / "optimizer.bin").write_bytes((checkpoint / "optimizer.bin").read_bytes()[:100])
+    assert checkpoint_problem(damaged, world_size=2).startswith("optimizer.bin is damaged")
     # resume from step 2 (under FSDP): steps 3-4 and the final adapter as in the uninterrupted run
     shutil.copytree(sharded, resumed, ignore=shutil.ignore_patterns("checkpoint-4"))
     again = fsdp_launch(*common, "train.batch_size=4", "train.save_steps=2", f"train.output_dir={resumed}",
