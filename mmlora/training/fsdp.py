@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import os
 
+from mmlora.errors import MmloraError
+
+FSDP1_ON_CPU = ("The FSDP config asks for fsdp_version: {version}, which needs GPUs, and none is visible. "
+                "On CPU processes use fsdp_version: 2 (recipes/accelerate/fsdp.yaml).")
+
 
 def fsdp_requested() -> bool:
     """Whether the launch asked for FSDP (`accelerate launch --config_file ...fsdp.yaml` sets it)."""
@@ -39,6 +44,8 @@ def shard_cpu_processes(accelerator) -> bool:
     if not fsdp_requested() or state.distributed_type != DistributedType.MULTI_CPU:
         return False
     plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* exactly as accelerate's own construction
+    if plugin.fsdp_version != 2:  # preflight.check_fsdp_device refuses this first in `mmlora train`
+        raise MmloraError(FSDP1_ON_CPU.format(version=plugin.fsdp_version))
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
     state.fsdp_plugin = plugin

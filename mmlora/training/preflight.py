@@ -78,15 +78,14 @@ def check_fsdp_device() -> None:
     """Under an FSDP launch (ACCELERATE_USE_FSDP) without a GPU, the config must be FSDP2: mmlora
     shards CPU processes with FSDP2 (mmlora/training/fsdp.py); FSDP1 cannot run there
     (sync_module_states needs a GPU) and accelerate would otherwise quietly run plain DDP."""
-    from mmlora.training.fsdp import fsdp_requested, fsdp_version_requested
+    from mmlora.training.fsdp import FSDP1_ON_CPU, fsdp_requested, fsdp_version_requested
 
     if not fsdp_requested() or fsdp_version_requested() == 2:
         return
     import torch  # only reached under an FSDP1 launch
 
     if not torch.cuda.is_available():
-        raise MmloraError(f"The FSDP config asks for fsdp_version: {fsdp_version_requested()}, which needs GPUs, and "
-                          "none is visible. On CPU processes use fsdp_version: 2 (recipes/accelerate/fsdp.yaml).")
+        raise MmloraError(FSDP1_ON_CPU.format(version=fsdp_version_requested()))
 
 
 def check_before_training(recipe: Recipe) -> None:
