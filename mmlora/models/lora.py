@@ -174,9 +174,10 @@ def apply_lora(model, family: Family, cfg: LoraConfig):
     return peft_model
 
 
-def save_adapter(model, out_dir: Path) -> None:
+def save_adapter(model, out_dir: Path, state_dict: dict | None = None) -> None:
     """Write the adapter (safetensors, loadable by plain `PeftModel.from_pretrained`) and
-    adapted_modules.json. PiSSA/OLoRA adapters are converted first.
+    adapted_modules.json. PiSSA/OLoRA adapters are converted first. `state_dict`: the model's
+    weights when they are not in `model` itself (gathered from FSDP shards), else None.
 
     PiSSA/OLoRA move the initial factors B0 A0 out of the base weights, so their adapter only
     works on that modified base. The update they learned is BA - B0A0 = [B | -B0] [A ; A0]: a
@@ -190,9 +191,9 @@ def save_adapter(model, out_dir: Path) -> None:
     # model up on the hub to compare vocabularies (a warning offline, a network call online).
     initial = getattr(model, "mmlora_initial_lora", None)
     if not initial:
-        model.save_pretrained(out_dir, **options)
+        model.save_pretrained(out_dir, state_dict=state_dict, **options)
     else:
-        state = model.state_dict()
+        state = dict(state_dict) if state_dict is not None else model.state_dict()
         for name, start in initial.items():
             current = state[name]
             state[name] = (torch.cat([current, start.to(current)], 0) if ".lora_A." in name

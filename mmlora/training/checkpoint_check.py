@@ -18,6 +18,9 @@ TRAINER_STATE = "trainer_state.json"
 ADAPTER = "adapter_model.safetensors"
 SCHEDULER = "scheduler.pt"
 OPTIMIZER = "optimizer.pt"
+# accelerate's FSDP FULL_STATE_DICT checkpoint files (save_fsdp_model/save_fsdp_optimizer); resume
+# reads both with torch.load(weights_only=True). SHARDED_STATE_DICT writes DCP folders instead.
+FSDP_FULL = ("pytorch_model_fsdp.bin", "optimizer.bin")
 
 
 def rng_files(world_size: int) -> list[str]:
@@ -75,8 +78,10 @@ def checkpoint_problem(checkpoint: Path, world_size: int = 1) -> str | None:
     checkpoint = Path(checkpoint)
     required = [TRAINER_STATE, ADAPTER, *rng_files(world_size)]
     sharded = _sharded_optimizer(checkpoint)
+    fsdp_full = [*FSDP_FULL, SCHEDULER] if (checkpoint / FSDP_FULL[1]).is_file() else []
     if not sharded:
         required += [OPTIMIZER, SCHEDULER]
+    required += fsdp_full
     missing = [name for name in required if not (checkpoint / name).is_file()]
     if missing:
         others = sorted(p.name for p in checkpoint.glob("rng_state*.pth"))
@@ -87,7 +92,7 @@ def checkpoint_problem(checkpoint: Path, world_size: int = 1) -> str | None:
     problem = _read_trainer_state(checkpoint / TRAINER_STATE) or _read_safetensors(checkpoint / ADAPTER)
     if problem:
         return problem
-    for name in [n for n in (OPTIMIZER, SCHEDULER) if not sharded] + rng_files(world_size):
+    for name in [n for n in (OPTIMIZER, SCHEDULER) if not sharded] + fsdp_full + rng_files(world_size):
         problem = _read_torch(checkpoint / name)
         if problem:
             return problem

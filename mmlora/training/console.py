@@ -20,6 +20,8 @@ import time
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
+from mmlora.training.fsdp import sharding_line
+
 # Trainer log keys that are bookkeeping, not something to read every step.
 _QUIET_KEYS = {"epoch", "total_flos", "step"}
 _EVAL_BOOKKEEPING = ("_runtime", "_samples_per_second", "_steps_per_second")
@@ -86,8 +88,11 @@ class TrainingConsole(TrainerCallback):
 
     # -- Trainer events ------------------------------------------------------------------------
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.started, self.first_step, self.total = time.monotonic(), state.global_step, state.max_steps
+        sharded = sharding_line(model)  # under FSDP2: how much of the weights this process holds
+        if sharded and state.is_world_process_zero:
+            self.write(sharded)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:

@@ -75,18 +75,17 @@ def check_quantization(recipe: Recipe) -> None:
 
 
 def check_fsdp_device() -> None:
-    """Under `accelerate launch --config_file recipes/accelerate/fsdp.yaml` (ACCELERATE_USE_FSDP),
-    a GPU must be visible: accelerate 1.15 shards only on GPU-type backends, and on CPU it would
-    either stop with a traceback (fsdp_sync_module_states) or quietly run plain DDP."""
-    import os
+    """Under an FSDP launch (ACCELERATE_USE_FSDP) without a GPU, the config must be FSDP2: mmlora
+    shards CPU processes with FSDP2 (mmlora/training/fsdp.py); FSDP1 cannot run there
+    (sync_module_states needs a GPU) and accelerate would otherwise quietly run plain DDP."""
+    from mmlora.training.fsdp import FSDP1_ON_CPU, fsdp_requested, fsdp_version_requested
 
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+    if not fsdp_requested() or fsdp_version_requested() == 2:
         return
-    import torch  # only reached under an FSDP launch
+    import torch  # only reached under an FSDP1 launch
 
     if not torch.cuda.is_available():
-        raise MmloraError("The FSDP config (ACCELERATE_USE_FSDP=true) needs GPUs and none is visible: accelerate "
-                          "runs FSDP on GPU backends only. On CPU launch with recipes/accelerate/ddp.yaml or torchrun.")
+        raise MmloraError(FSDP1_ON_CPU.format(version=fsdp_version_requested()))
 
 
 def check_before_training(recipe: Recipe) -> None:

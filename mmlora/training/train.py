@@ -35,6 +35,7 @@ from mmlora.training.checkpoints import (
 )
 from mmlora.training.console import attach_console, progress_bars_wanted
 from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
+from mmlora.training.fsdp import gathered_trainable_state
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
 from mmlora.training.vision_features import attach_training_cache
@@ -118,11 +119,13 @@ def training_arguments(recipe: Recipe, device: str):
     )
 
 
-def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, history: list[dict]) -> None:
-    """Adapter (safetensors), processor, resolved recipe and the training log."""
+def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, history: list[dict],
+                 state_dict: dict | None = None) -> None:
+    """Adapter (safetensors), processor, resolved recipe and the training log. `state_dict`:
+    the adapter weights gathered from FSDP shards (mmlora/training/fsdp.py), else the model's."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # Adapter + adapted_modules.json; PiSSA/OLoRA adapters converted to plain LoRA (mmlora/models/lora.py).
-    save_adapter(model, out_dir)
+    save_adapter(model, out_dir, state_dict)
     loaded.processor.save_pretrained(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
     write_train_log(out_dir, history)
@@ -261,8 +264,10 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
     """
     if trainer.state.global_step < trainer.state.max_steps:
         return  # stopped early by a signal: the checkpoint is what resumes
+    # Under FSDP the adapter is sharded: every rank joins its gather, rank 0 writes it.
+    state = gathered_trainable_state(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.args.should_save:
-        save_outputs(result.output_dir, result.model, result.loaded, recipe, trainer.state.log_history)
+        save_outputs(result.output_dir, result.model, result.loaded, recipe, trainer.state.log_history, state)
         print(f"saved adapter, processor and recipe to {result.output_dir}")
     result.adapter_saved = True
     if not evaluation.wants_final():

@@ -7,6 +7,7 @@ from pathlib import Path
 from transformers import Trainer
 
 from mmlora.training.checkpoints import STAGING, clear_staging, finalize_checkpoint, rotate
+from mmlora.training.fsdp import gathered_trainable_state, shard_cpu_processes
 
 
 def restart_schedule_at_new_length(optimizer, scheduler) -> None:
@@ -38,6 +39,13 @@ class MmloraTrainer(Trainer):
         self.dummy_vision_batch = dummy_vision_batch
         self._staging = False
         self.last_checkpoint: Path | None = None
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        # An FSDP launch on CPU processes: accelerate built DDP; switch to FSDP2 here, before
+        # train() prepares the model (mmlora/training/fsdp.py says why).
+        if shard_cpu_processes(self.accelerator):
+            self.is_fsdp_enabled = True
 
     group_lengths: list[int] | None = None
     """Per-sample token counts when data.group_by_length is on (set by train.py), else None."""
@@ -87,6 +95,14 @@ class MmloraTrainer(Trainer):
         rotate(output_dir, self.args.save_total_limit, keep=self.state.best_model_checkpoint)
         clear_staging(output_dir)
         self.last_checkpoint = final
+
+    def save_model(self, output_dir=None, _internal_call=False) -> None:
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        # FSDP: every rank joins the gather of the adapter; rank 0 writes it (mmlora/training/fsdp.py).
+        state = gathered_trainable_state(self.model)
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state)
 
     def _save(self, output_dir=None, state_dict=None) -> None:
         # save_embedding_layers=False: embeddings are frozen, and PEFT's "auto" looks the base

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,9 @@ import pytest
 import yaml
 
 from mmlora.config.paths import recipes_dir
+from mmlora.errors import MmloraError
+from mmlora.training.checkpoint_check import checkpoint_problem
+from mmlora.training.preflight import check_fsdp_device
 
 STEPS = 6
 
@@ -26,8 +31,8 @@ def test_shipped_accelerate_configs(name, kind):
     assert config["distributed_type"] == kind
     if name.startswith("zero"):
         assert config["deepspeed_config"]["zero_stage"] == int(name[-1])
-    if kind == "FSDP":
-        assert config["fsdp_config"]["fsdp_use_orig_params"] is True
+    if kind == "FSDP":  # FSDP2: per-parameter sharding, also on CPU processes (mmlora/training/fsdp.py)
+        assert config["fsdp_config"]["fsdp_version"] == 2
 
 
 @pytest.mark.slow
@@ -79,11 +84,12 @@ def test_documented_multi_node_fsdp_launch():
     env, torchrun = launch_arguments(["--config_file", config, "--num_machines", "2", "--machine_rank", "1",
                                       "--main_process_ip", "10.0.0.1", "--main_process_port", "29500",
                                       "--num_processes", "16", "-m", "mmlora", "train", "my_vqa.yaml"])
-    assert {key: env[key] for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_SHARDING_STRATEGY",
-                                      "FSDP_AUTO_WRAP_POLICY", "FSDP_USE_ORIG_PARAMS", "FSDP_STATE_DICT_TYPE")} == {
-        "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
-        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_USE_ORIG_PARAMS": "true",
-        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+    assert {key: env[key] for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD",
+                                      "FSDP_AUTO_WRAP_POLICY", "FSDP_STATE_DICT_TYPE",
+                                      "FSDP_CPU_RAM_EFFICIENT_LOADING")} == {
+        "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
     # 16 processes on 2 machines: 8 per node, this one node 1, meeting at node 0's address
     assert (torchrun.nnodes, torchrun.node_rank, torchrun.nproc_per_node) == ("2", 1, "8")
     assert (torchrun.rdzv_backend, torchrun.rdzv_endpoint) == ("static", "10.0.0.1:29500")
@@ -91,22 +97,99 @@ def test_documented_multi_node_fsdp_launch():
                                                                                         ["train", "my_vqa.yaml"])
 
 
-@pytest.mark.slow
-def test_fsdp_config_on_two_cpu_processes_is_refused_in_one_line(tmp_path):
-    """The shipped FSDP config launched as 2 gloo processes on this CPU machine: accelerate 1.15
-    cannot shard there, and each rank says so in one line before any data or weights load."""
+def fsdp_launch(*args: str) -> subprocess.CompletedProcess:
+    """The shipped FSDP config on 2 gloo CPU processes: the environment `accelerate launch
+    --config_file recipes/accelerate/fsdp.yaml --mixed_precision no` gives each process (fp32, to
+    compare with a one-process run), started with torchrun (see the DDP test for why)."""
     env, _ = launch_arguments(["--config_file", str(recipes_dir() / "accelerate" / "fsdp.yaml"),
-                               "-m", "mmlora", "train", "tiny_vqa"])
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmlora", "train", "tiny_vqa",
-         "train.max_steps=1", f"train.output_dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **env})
-    assert result.returncode != 0
-    assert "mmlora/" not in result.stderr  # no traceback through mmlora's code (torchrun prints its own)
-    refusal = ("mmlora: error: The FSDP config (ACCELERATE_USE_FSDP=true) needs GPUs and none is visible: "
-               "accelerate runs FSDP on GPU backends only. On CPU launch with recipes/accelerate/ddp.yaml or torchrun.")
-    assert result.stderr.count(refusal) == 2
-    assert not (tmp_path / "out").exists()
+                               "--mixed_precision", "no", "-m", "mmlora", "train", "tiny_vqa"])
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmlora",
+                           "train", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
+def adapter(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def assert_same_tensors(a: dict, b: dict, atol: float) -> None:
+    import torch
+
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_config_shards_two_cpu_processes_and_matches_one_process(tmp_path):
+    """The shipped FSDP2 config on 2 gloo CPU processes really shards (each rank holds half of
+    every weight), trains as one process does on the same global batch (fp32), writes a plain
+    PEFT adapter that merge loads, and resumes from its checkpoint to the same end. ~150 s."""
+    common = ["tiny_vqa", "train.max_steps=4", "train.logging_steps=1", "train.eval_strategy=never",
+              "eval.generate_at_end=false"]
+    single, sharded, resumed = tmp_path / "single", tmp_path / "fsdp", tmp_path / "resumed"
+    one = subprocess.run([sys.executable, "-m", "mmlora", "train", *common, "train.batch_size=8", "train.save_steps=0",
+                          f"train.output_dir={single}"], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = fsdp_launch(*common, "train.batch_size=4", "train.save_steps=2", f"train.output_dir={sharded}")
+    assert two.returncode == 0, two.stderr[-3000:]
+    # sharded, not DDP: every weight is a DTensor split over the 2 ranks, rank 0 holds half the values
+    shard_line = [line for line in two.stdout.splitlines() if line.startswith("FSDP2: ")]
+    assert len(shard_line) == 1, two.stdout[-3000:]
+    tensors, total = (int(n) for n in re.match(r"FSDP2: (\d+) of (\d+) weight tensors sharded over 2 processes",
+                                               shard_line[0]).groups())
+    assert tensors == total > 0
+    held, full = (int(n.replace(",", "")) for n in re.search(r"holds ([\d,]+) of ([\d,]+) values", shard_line[0]).groups())
+    assert abs(held - full / 2) <= 0.01 * full
+    # the same run: per-step losses and the adapter, up to float reduction order
+    assert losses(sharded) == pytest.approx(losses(single), rel=1e-5, abs=0)
+    assert_same_tensors(adapter(sharded), adapter(single), atol=1e-5)
+    assert sorted(p.name for p in sharded.iterdir() if p.is_file()) == sorted(
+        p.name for p in single.iterdir() if p.is_file())
+    # the checkpoint: a plain adapter next to accelerate's FULL_STATE_DICT files (weights-only loadable)
+    checkpoint = sharded / "checkpoint-2"
+    assert {"adapter_model.safetensors", "pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in checkpoint.iterdir()}
+    assert checkpoint_problem(checkpoint, world_size=2) is None
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    (damaged / "optimizer.bin").write_bytes((checkpoint / "optimizer.bin").read_bytes()[:100])
+    assert checkpoint_problem(damaged, world_size=2).startswith("optimizer.bin is damaged")
+    # resume from step 2 (under FSDP): steps 3-4 and the final adapter as in the uninterrupted run
+    shutil.copytree(sharded, resumed, ignore=shutil.ignore_patterns("checkpoint-4"))
+    again = fsdp_launch(*common, "train.batch_size=4", "train.save_steps=2", f"train.output_dir={resumed}",
+                        "--resume", "latest")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"^step 3/4 ", again.stdout, re.M) and not re.search(r"^step 2/4 ", again.stdout, re.M)
+    assert losses(resumed) == pytest.approx(losses(sharded), rel=1e-6, abs=0)
+    assert_same_tensors(adapter(resumed), adapter(sharded), atol=1e-6)
+    # merge loads the FSDP adapter as it loads the one-process one
+    from mmlora.cli import main
+
+    for run in (single, sharded):
+        assert main(["merge", "--adapter", str(run), "--out", str(tmp_path / f"merged_{run.name}")]) == 0
+    from safetensors.torch import load_file
+
+    merged = [load_file(tmp_path / f"merged_{name}" / "model.safetensors") for name in ("single", "fsdp")]
+    assert_same_tensors(*merged, atol=1e-5)
+
+
+def test_fsdp1_config_without_gpu_is_refused_in_one_line(monkeypatch):
+    """FSDP1 cannot shard CPU processes (sync_module_states needs a GPU); rather than run
+    unsharded, `mmlora train` refuses before loading anything. FSDP2 passes."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: FSDP1 runs there")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(MmloraError) as refused:
+        check_fsdp_device()
+    assert str(refused.value) == ("The FSDP config asks for fsdp_version: 1, which needs GPUs, and none is visible. "
+                                  "On CPU processes use fsdp_version: 2 (recipes/accelerate/fsdp.yaml).")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    check_fsdp_device()
 
 
 @pytest.mark.slow
