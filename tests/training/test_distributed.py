@@ -16,7 +16,7 @@ from mmlora.errors import MmloraError
 from mmlora.training.checkpoint_check import checkpoint_problem
 from mmlora.training.preflight import check_fsdp_device
 
-STEPS = 6
+STEPS = 4
 
 
 def losses(out: Path) -> list[float]:
@@ -35,24 +35,33 @@ def test_shipped_accelerate_configs(name, kind):
         assert config["fsdp_config"]["fsdp_version"] == 2
 
 
+COMMON = ["tiny_vqa", f"train.max_steps={STEPS}", "train.logging_steps=1", "train.eval_strategy=never",
+          "eval.generate_at_end=false"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The one-process run (global batch 8) both 2-process runs are held against, trained once."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    one = subprocess.run([sys.executable, "-m", "mmlora", "train", *COMMON, "train.batch_size=8", "train.save_steps=0",
+                          f"train.output_dir={out}"], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return out, one
+
+
 @pytest.mark.slow
-def test_two_process_training_matches_one_process(tmp_path):
-    common = ["tiny_vqa", f"train.max_steps={STEPS}", "train.logging_steps=1", "train.save_steps=0",
-              "train.eval_strategy=never", "eval.generate_at_end=false"]
-    single = tmp_path / "single"
-    one = subprocess.run([sys.executable, "-m", "mmlora", "train", *common, "train.batch_size=8",
-                          f"train.output_dir={single}"], capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr
+def test_two_process_training_matches_one_process(tmp_path, single):
+    single, one = single
     double = tmp_path / "double"
     # torchrun, not `accelerate launch --cpu --num_processes 2`: in accelerate 1.15 the latter
     # starts a single process on a CPU-only machine. torchrun drives the same Trainer/accelerate
     # code path (gloo DDP), which is what runs under `accelerate launch` on GPUs.
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmlora",
-         "train", *common, "train.batch_size=4", f"train.output_dir={double}"],
+         "train", *COMMON, "train.batch_size=4", "train.save_steps=0", f"train.output_dir={double}"],
         capture_output=True, text=True, timeout=600,
     )
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-6000:]
     # same global batch (2 x 4 = 8): the loss curves agree up to reduction order and
     # per-rank token normalisation
     a, b = losses(single), losses(double)
@@ -123,18 +132,14 @@ def assert_same_tensors(a: dict, b: dict, atol: float) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_config_shards_two_cpu_processes_and_matches_one_process(tmp_path):
+def test_fsdp_config_shards_two_cpu_processes_and_matches_one_process(tmp_path, single):
     """The shipped FSDP2 config on 2 gloo CPU processes really shards (each rank holds half of
     every weight), trains as one process does on the same global batch (fp32), writes a plain
     PEFT adapter that merge loads, and resumes from its checkpoint to the same end. ~150 s."""
-    common = ["tiny_vqa", "train.max_steps=4", "train.logging_steps=1", "train.eval_strategy=never",
-              "eval.generate_at_end=false"]
-    single, sharded, resumed = tmp_path / "single", tmp_path / "fsdp", tmp_path / "resumed"
-    one = subprocess.run([sys.executable, "-m", "mmlora", "train", *common, "train.batch_size=8", "train.save_steps=0",
-                          f"train.output_dir={single}"], capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+    common = COMMON
+    (single, _), sharded, resumed = single, tmp_path / "fsdp", tmp_path / "resumed"
     two = fsdp_launch(*common, "train.batch_size=4", "train.save_steps=2", f"train.output_dir={sharded}")
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-6000:]
     # sharded, not DDP: every weight is a DTensor split over the 2 ranks, rank 0 holds half the values
     shard_line = [line for line in two.stdout.splitlines() if line.startswith("FSDP2: ")]
     assert len(shard_line) == 1, two.stdout[-3000:]
@@ -160,15 +165,15 @@ def test_fsdp_config_shards_two_cpu_processes_and_matches_one_process(tmp_path):
     shutil.copytree(sharded, resumed, ignore=shutil.ignore_patterns("checkpoint-4"))
     again = fsdp_launch(*common, "train.batch_size=4", "train.save_steps=2", f"train.output_dir={resumed}",
                         "--resume", "latest")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, again.stderr[-6000:]
     assert re.search(r"^step 3/4 ", again.stdout, re.M) and not re.search(r"^step 2/4 ", again.stdout, re.M)
     assert losses(resumed) == pytest.approx(losses(sharded), rel=1e-6, abs=0)
     assert_same_tensors(adapter(resumed), adapter(sharded), atol=1e-6)
     # merge loads the FSDP adapter as it loads the one-process one
     from mmlora.cli import main
 
-    for run in (single, sharded):
-        assert main(["merge", "--adapter", str(run), "--out", str(tmp_path / f"merged_{run.name}")]) == 0
+    for name, run in (("single", single), ("fsdp", sharded)):
+        assert main(["merge", "--adapter", str(run), "--out", str(tmp_path / f"merged_{name}")]) == 0
     from safetensors.torch import load_file
 
     merged = [load_file(tmp_path / f"merged_{name}" / "model.safetensors") for name in ("single", "fsdp")]
@@ -204,7 +209,7 @@ def test_streamed_two_process_training_matches_one_process(tmp_path):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mmlora",
                           "train", *common, "train.batch_size=2", f"train.output_dir={tmp_path / 'double'}"],
                          capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-6000:]
     a, b = losses(tmp_path / "single"), losses(tmp_path / "double")
     assert len(a) == len(b) == 3
     assert b == pytest.approx(a, rel=0.03)
