@@ -16,6 +16,7 @@ from mmlora.cli_checks import apply_gpu_selection, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
 from mmlora.inference.chat import register as register_chat
+from mmlora.models.cache_command import register as register_cache
 from mmlora.inference.export import register as register_export
 from mmlora.inference.infer import register as register_infer
 from mmlora.inference.serve_cli import register as register_serve
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", default="tiny/qwen2-vl")
     p.set_defaults(func=cmd_tiny)
     register_serve(sub)
+    register_cache(sub)
     return parser
 
 

@@ -37,7 +37,7 @@ from mmlora.training.console import attach_console, progress_bars_wanted
 from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
-from mmlora.training.vision_features import attach_training_cache
+from mmlora.training.vision_features import attach_training_cache, report_training_cache
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     # Encode each image once when images repeat (mmlora/training/vision_features.py); a stream
     # (data.streaming) has no length and is taken as read once.
     train_samples = len(data.dataset) if hasattr(data.dataset, "__len__") else None
-    attach_training_cache(trainer, loaded.family, recipe, train_samples, world_size())
+    vision_store = attach_training_cache(trainer, loaded.family, recipe, train_samples, world_size())
     evaluation.attach(trainer)
     attach_console(trainer, recipe)  # readable log lines and summary (mmlora/training/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
@@ -241,6 +241,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
         finish_run(trainer, evaluation, interrupt, result, recipe)
     finally:
         interrupt.uninstall()
+    report_training_cache(vision_store, trainer.accelerator, world_size())  # a collective: success path only
     if distributed:
         # Each rank leaves the process group before Python exits (accelerate's documented end):
         # with the group still up, gloo's worker threads can hold tensors while the interpreter
