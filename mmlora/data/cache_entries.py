@@ -144,6 +144,7 @@ def size_note(listing: CacheListing, step: int = SIZE_NOTE_STEP) -> str | None:
         return None
     if level < noted:
         return None
+    count = len(listing.entries)
     return (f"{listing.kind} cache: {listing.root} has grown to {format_bytes(listing.size)} "
-            f"({len(listing.entries)} entries); `mmlora cache list` shows them, "
+            f"({count} entr{'y' if count == 1 else 'ies'}); `mmlora cache list` shows them, "
             f"`mmlora cache clear {listing.kind} --older-than 30` removes those unused for 30 days")

@@ -16,6 +16,7 @@ from mmlora.data.samples import Sample, user_turn
 from mmlora.data.scan import load_data_processor, scan_split
 from mmlora.models.loading import load_model_and_processor
 from mmlora.models.vision_cache import install_vision_cache, open_store
+from mmlora.models.vision_entries import vision_cache_note
 
 DAY = 86400
 
@@ -132,3 +133,16 @@ def test_clear_asks_on_a_terminal_and_refuses_elsewhere_without_yes(scan_cache, 
     assert entries["old"].exists() and entries["new"].exists()
     assert main(["cache", "clear", "scan"]) == 0
     assert not entries["old"].exists() and not entries["new"].exists()
+
+
+def test_the_vision_cache_size_is_noted_once_past_20_gib(tmp_path):
+    namespace = tmp_path / ("12" * 16)
+    (namespace / "ab").mkdir(parents=True)
+    (namespace / "about.json").write_text(json.dumps({"model": "tiny/qwen2-vl"}))
+    assert vision_cache_note(tmp_path) is None
+    with open(namespace / "ab" / f"{'ab' * 20}.safetensors", "wb") as handle:
+        os.truncate(handle.fileno(), 20 * 2**30)  # sparse: its file size, no disk used
+    assert vision_cache_note(tmp_path) == (
+        f"vision cache: {tmp_path} has grown to 20.0 GiB (1 entry); `mmlora cache list` shows them, "
+        "`mmlora cache clear vision --older-than 30` removes those unused for 30 days")
+    assert vision_cache_note(tmp_path) is None
