@@ -35,6 +35,7 @@ from mmlora.training.checkpoints import (
 )
 from mmlora.training.console import attach_console, progress_bars_wanted
 from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
+from mmlora.training.model_card import keep_own_readme, write_run_card
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
 from mmlora.training.vision_features import attach_training_cache, report_training_cache
@@ -122,10 +123,12 @@ def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, hist
     """Adapter (safetensors), processor, resolved recipe and the training log."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # Adapter + adapted_modules.json; PiSSA/OLoRA adapters converted to plain LoRA (mmlora/models/lora.py).
-    save_adapter(model, out_dir)
+    with keep_own_readme(out_dir):  # PEFT would edit a README.md of the user's
+        save_adapter(model, out_dir)
     loaded.processor.save_pretrained(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
     write_train_log(out_dir, history)
+    write_run_card(out_dir, recipe.model.name)  # mmlora's card instead of PEFT's blank template
 
 
 def write_train_log(out_dir: Path, history: list[dict]) -> None:
@@ -280,6 +283,7 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
         interrupt.stop_at_once(False)  # writing the log below: a signal waits for it again
     if result.interrupted_by is None and trainer.args.should_save:
         write_train_log(result.output_dir, trainer.state.log_history)  # now with the final_* metrics
+        write_run_card(result.output_dir, recipe.model.name)
 
 
 def shell_command(words: list[str]) -> str:
