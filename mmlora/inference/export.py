@@ -10,8 +10,8 @@ from pathlib import Path
 from mmlora.errors import MmloraError
 from mmlora.inference.vllm_check import check_adapter
 from mmlora.models.adapter_fit import adapter_base_model
+from mmlora.models.model_card import card_text, write_model_card
 from mmlora.models.processor_files import read_record
-from mmlora.training.model_card import card_text, write_model_card
 
 
 def register(sub) -> None:

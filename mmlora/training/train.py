@@ -28,6 +28,7 @@ from mmlora.models.lora import (
     apply_lora, count_parameters, format_adapted_modules, format_parameter_table, install_param_groups,
     save_adapter,
 )
+from mmlora.models.model_card import keep_own_readme, write_run_card
 from mmlora.training.batches import dataloader_workers, training_collator
 from mmlora.training.checkpoints import (
     check_free_disk, check_resume_compatible, estimate_checkpoint_bytes, find_checkpoint,
@@ -35,7 +36,6 @@ from mmlora.training.checkpoints import (
 )
 from mmlora.training.console import attach_console, progress_bars_wanted
 from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
-from mmlora.training.model_card import keep_own_readme, write_run_card
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
 from mmlora.training.vision_features import attach_training_cache, report_training_cache

@@ -10,7 +10,7 @@ from mmlora.cli import main
 from mmlora.config.schema import LoraConfig, ModelConfig
 from mmlora.models.loading import load_model_and_processor
 from mmlora.models.lora import apply_lora, save_adapter
-from mmlora.training.model_card import keep_own_readme, write_run_card
+from mmlora.models.model_card import keep_own_readme, write_run_card
 
 PEFT_TEMPLATE = "[More Information Needed]"
 
