@@ -36,6 +36,7 @@ EPILOG = """examples:
   mmlora chat --adapter runs/tiny_vqa               multi-turn chat in the terminal (/image PATH, /reset)
   mmlora export runs/tiny_vqa                       vLLM check (modules, flags) and a model card
   mmlora serve --adapter runs/tiny_vqa --ui         OpenAI-compatible API on :8000 (+ a try-it page at /)
+  mmlora cache clear --older-than 30                scan and vision-feature caches unused for 30 days
 """
 
 

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
         "written by a running process are left alone. Caches: scan ($MMLORA_SCAN_CACHE, default "
         "~/.cache/mmlora/scan) and vision ($MMLORA_VISION_CACHE_DIR or train.vision_cache_dir, default "
         "~/.cache/mmlora/vision-features)."))
-    p.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
+    p.add_argument("action", nargs="?", choices=["list", "clear"], default="list",
+                   help="list (default): show the entries; clear: remove them")
     p.add_argument("which", nargs="?", choices=KINDS, default="all", help="which cache (default: all)")
     p.add_argument("--older-than", type=float, metavar="DAYS",
                    help="clear: only entries not used for DAYS days (fractions allowed)")
