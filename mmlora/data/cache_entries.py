@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlora.config.sizes import format_bytes
+from mmlora.errors import MmloraError
 
 HASH32 = re.compile(r"[0-9a-f]{32}")
 IN_PROGRESS_SECONDS = 600
@@ -97,6 +98,17 @@ def inspect_tree(folder: Path, kind_of: Callable[[tuple[str, ...], bool], str | 
             if kind == "temp":
                 tree.newest_temp = max(tree.newest_temp, info.st_mtime)
     return tree
+
+
+def root_items(root: Path) -> list[os.DirEntry]:
+    """The items directly under a cache root, by name ([] when there is no such folder)."""
+    if not root.is_dir():
+        return []
+    try:
+        return sorted(os.scandir(root), key=lambda item: item.name)
+    except OSError as error:
+        raise MmloraError(f"cannot read the cache folder {root} ({error.strerror}); check its permissions, "
+                          "or point the cache's variable at another folder.") from None
 
 
 def mark_used(marker: Path) -> None:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from mmlora.data.cache_entries import (
-    HASH32, SIZE_NOTE_FILE, CacheEntry, CacheListing, inspect_tree, is_recent, read_json, size_note,
+    HASH32, SIZE_NOTE_FILE, CacheEntry, CacheListing, inspect_tree, is_recent, read_json, root_items,
+    size_note,
 )
 from mmlora.data.scanstore import cache_root
 
@@ -42,10 +43,8 @@ def list_scan_cache(root: Path | None = None, describe: bool = True) -> CacheLis
     """Every entry of the scan cache at `root` (default: scanstore.cache_root()) and every item there
     that is not one; `describe=False` skips reading each scan.json (sizes only)."""
     listing = CacheListing("scan", Path(root).expanduser() if root is not None else cache_root())
-    if not listing.root.is_dir():
-        return listing
     now = time.time()
-    for item in sorted(os.scandir(listing.root), key=lambda i: i.name):
+    for item in root_items(listing.root):
         path, is_dir = Path(item.path), item.is_dir(follow_symlinks=False)
         if item.name == SIZE_NOTE_FILE and not is_dir:
             continue

@@ -121,10 +121,22 @@ def clear(found: list[CacheListing], older_than: float | None, yes: bool) -> int
         if not sys.stdin.isatty():
             raise MmloraError(f"would {question[:-1]}; add --yes to remove them without asking "
                               "(mmlora asks only on a terminal).")
-        if input(f"{question[0].upper()}{question[1:]} [y/N] ").strip().lower() not in ("y", "yes"):
+        try:
+            reply = input(f"{question[0].upper()}{question[1:]} [y/N] ")
+        except EOFError:
+            reply = ""
+        if reply.strip().lower() not in ("y", "yes"):
             print("nothing removed")
             return 1
+    removed, failed = 0, []
     for _, entry in chosen:
-        remove_entry(entry)
-    print(f"removed {len(chosen)} cache entries, {format_bytes(total)} freed")
+        try:
+            remove_entry(entry)
+            removed += entry.size
+        except OSError as error:
+            failed.append(f"{entry.path} ({error.strerror})")
+    print(f"removed {len(chosen) - len(failed)} cache entries, {format_bytes(removed)} freed")
+    if failed:
+        print(f"could not remove {len(failed)}: {'; '.join(failed)} (check the folder's permissions)", file=sys.stderr)
+        return 1
     return 0

@@ -8,13 +8,13 @@ NAMESPACE/XX/KEY.safetensors, one file per image, written as `.KEY.safetensors.P
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 from mmlora.data.cache_entries import (
-    HASH32, SIZE_NOTE_FILE, CacheEntry, CacheListing, inspect_tree, is_recent, read_json, size_note,
+    HASH32, SIZE_NOTE_FILE, CacheEntry, CacheListing, inspect_tree, is_recent, read_json, root_items,
+    size_note,
 )
 from mmlora.models.vision_store import default_cache_dir
 
@@ -42,10 +42,8 @@ def list_vision_cache(root: Path | None = None, describe: bool = True) -> CacheL
     """Every namespace of the vision cache at `root` (default: default_cache_dir()) and every item
     there that is not one; `describe=False` skips reading each about.json."""
     listing = CacheListing("vision", Path(root).expanduser() if root is not None else default_cache_dir())
-    if not listing.root.is_dir():
-        return listing
     now = time.time()
-    for item in sorted(os.scandir(listing.root), key=lambda i: i.name):
+    for item in root_items(listing.root):
         path = Path(item.path)
         if item.name == SIZE_NOTE_FILE and item.is_file(follow_symlinks=False):
             continue
