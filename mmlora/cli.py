@@ -16,6 +16,7 @@ from mmlora.cli_checks import apply_gpu_selection, collect_overrides
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import VQA_NORMALIZATIONS
 from mmlora.inference.chat import register as register_chat
+from mmlora.models.cache_command import register as register_cache
 from mmlora.inference.export import register as register_export
 from mmlora.inference.infer import register as register_infer
 from mmlora.inference.serve_cli import register as register_serve
@@ -35,6 +36,7 @@ EPILOG = """examples:
   mmlora chat --adapter runs/tiny_vqa               multi-turn chat in the terminal (/image PATH, /reset)
   mmlora export runs/tiny_vqa                       vLLM check (modules, flags) and a model card
   mmlora serve --adapter runs/tiny_vqa --ui         OpenAI-compatible API on :8000 (+ a try-it page at /)
+  mmlora cache clear --older-than 30                scan and vision-feature caches unused for 30 days
 """
 
 
@@ -316,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", default="tiny/qwen2-vl")
     p.set_defaults(func=cmd_tiny)
     register_serve(sub)
+    register_cache(sub)
     return parser
 
 

@@ -23,3 +23,12 @@ def parse_bytes(value, field: str) -> int:
         raise MmloraError(f"{field}: got {value!r}, expected a size such as 4GiB, 512MiB, 2GB or 0 "
                           "(units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB).")
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes as people read them: 512 B, 3.4 KiB, 1.2 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -30,6 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from mmlora.data.cache_entries import mark_used
 from mmlora.data.fastmeasure import MeasuringProcessor
 from mmlora.data.loading import ImageChecker, RowResult, open_rows, row_result
 from mmlora.data.samples import RowError
@@ -149,7 +150,7 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
     expansions = [text for column in result.column("expansions").to_pylist() for text in column]
     del result
     (work / "rows.arrow").unlink()
-    meta = {"files": files, "images": images, "expansions": expansions}
+    meta = {"files": files, "images": images, "expansions": expansions, "source": os.path.abspath(source), "split": name}
     (work / "scan.json").write_text(json.dumps(meta))  # written last: its presence marks a whole result
     return True
 
@@ -303,6 +304,7 @@ def load_result(folder: Path, name: str, source, max_length: int) -> SplitScan |
     meta = json.loads(meta_path.read_text())
     if not images_unchanged(meta["images"]):
         return None
+    mark_used(meta_path)  # `mmlora cache clear --older-than` goes by when an entry was last read
     texts = {hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest(): t for t in meta["expansions"]}
     files = [folder / f for f in meta["files"]]
     # Whole columns at once (a Python loop per row cost seconds at 50k rows); rows stay in order.

@@ -10,6 +10,7 @@ dropped or truncated here, so training never meets a sample that does not fit.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mmlora.data.collate import encode_for_training
 from mmlora.data.loading import ImageChecker, iter_samples, local_path, located
 from mmlora.data.mixture import combine_scans, epoch_order
 from mmlora.data.streaming import StreamingDataset
+from mmlora.data.scan_cache import scan_cache_note
 from mmlora.data.samples import REASONS, RowError, Sample
 from mmlora.data.splitscan import SplitScan, VisualTokenCounter, scan_row
 from mmlora.errors import MmloraError
@@ -48,6 +50,9 @@ def _scan_source(source, cfg, processor, name: str, expand_captions: bool, progr
                               expand_captions, progress, bounds)
         if scan is not None:
             scan.source, scan.data_source = source.display, source
+            note = scan_cache_note() if source.data_config(cfg).scan_cache else None
+            if note:  # stderr: `mmlora data check --json` keeps stdout for its JSON
+                print(note, file=sys.stderr)
             return scan
     return scan_serially(source, cfg, processor, name, expand_captions, progress, limit)
 

@@ -9,6 +9,8 @@ section asks for sampling or beams.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mmlora.data.collate import generation_batch
 from mmlora.data.samples import Sample
 from mmlora.models.processor import ImageTextProcessor
@@ -39,6 +41,19 @@ def generation_settings(eval_cfg) -> dict:
     return settings
 
 
+@dataclass
+class Generated:
+    """One generated answer and its token counts (what OpenAI's `usage` reports)."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    """The prompt as the model saw it: chat template and visual tokens included, padding not."""
+    completion_tokens: int = 0
+    """Tokens generated, up to and including the turn end that stopped the answer."""
+    stopped: bool = False
+    """True when the model ended its turn; False when max_new_tokens (or another limit) cut it."""
+
+
 def generate_answers(
     model, processor: ImageTextProcessor, samples: list[Sample], batch_size: int = 8,
     max_new_tokens: int = 32, progress: bool = False, first_line: bool = True,
@@ -50,12 +65,23 @@ def generate_answers(
     `first_line` applies the evaluation post-processing (see `clean_answer`); without it the
     whole stripped answer is returned (for `mmlora infer`).
     """
+    return [g.text for g in generate_outputs(model, processor, samples, batch_size, max_new_tokens, progress,
+                                             first_line, settings, desc)]
+
+
+def generate_outputs(
+    model, processor: ImageTextProcessor, samples: list[Sample], batch_size: int = 8,
+    max_new_tokens: int = 32, progress: bool = False, first_line: bool = True,
+    settings: dict | None = None, desc: str = "generating",
+) -> list[Generated]:
+    """`generate_answers` with each answer's token counts, read off the batch and the output."""
     import torch
     from tqdm.auto import tqdm
 
     options = {"max_new_tokens": max_new_tokens, "do_sample": False, **(settings or {})}
     device = next(model.parameters()).device
-    answers = []
+    turn_end = processor.tokenizer.convert_tokens_to_ids(processor.family.turn_end)
+    outputs = []
     batches = range(0, len(samples), batch_size)
     model.eval()
     for start in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True):  # None: no bar off a terminal
@@ -66,12 +92,17 @@ def generate_answers(
                 **batch,
                 **options,
                 pad_token_id=processor.pad_token_id,
-                eos_token_id=processor.tokenizer.convert_tokens_to_ids(processor.family.turn_end),
+                eos_token_id=turn_end,
             )
         new_tokens = output[:, batch["input_ids"].shape[1]:]
-        texts = [processor.decode(row) for row in new_tokens]
-        answers.extend(clean_answer(t) if first_line else t.strip() for t in texts)
-    return answers
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()  # left padding is masked
+        for row, prompt_tokens in zip(new_tokens, prompt_lengths):
+            text = processor.decode(row)
+            ends = (row == turn_end).nonzero()  # a finished row is padded after its turn end
+            generated = int(ends[0, 0]) + 1 if len(ends) else int(row.shape[0])
+            outputs.append(Generated(clean_answer(text) if first_line else text.strip(), int(prompt_tokens),
+                                     generated, stopped=bool(len(ends))))
+    return outputs
 
 
 def exact_match_accuracy(predictions: list[str], samples: list[Sample]) -> float:

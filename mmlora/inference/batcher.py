@@ -3,7 +3,8 @@
 A server thread per HTTP request would otherwise call the engine one request at a time. The
 batcher keeps a queue: one worker thread takes the oldest request, waits `window_s` for others,
 and answers every waiting request with the same decoding settings (up to `max_batch`) in one
-`InferenceEngine.answer` call, left padded. Greedy answers are the same batched or alone
+`InferenceEngine.generate` call, left padded (each future's result: the answer with its token
+counts). Greedy answers are the same batched or alone
 (tests/inference/test_engine.py), so batching changes the speed, not the text. Requests with
 other settings wait for the next round, in arrival order.
 """
@@ -39,13 +40,13 @@ class Batcher:
         self._worker.start()
 
     def submit(self, request: Request, settings: GenerationSettings) -> Future:
-        """A future for the request's answer (its exception: what the engine raised)."""
+        """A future for the request's answer, a `Generated` (its exception: what the engine raised)."""
         job = _Job(request, settings)
         self._queue.put(job)
         return job.future
 
     def answer(self, request: Request, settings: GenerationSettings) -> str:
-        return self.submit(request, settings).result()
+        return self.submit(request, settings).result().text
 
     def close(self) -> None:
         """Stop the worker after the jobs already queued."""
@@ -79,8 +80,8 @@ class Batcher:
                 continue
             self.batch_sizes.append(len(batch))
             try:
-                answers = self.engine.answer([job.request for job in batch], batch[0].settings,
-                                             batch_size=len(batch))
+                answers = self.engine.generate([job.request for job in batch], batch[0].settings,
+                                               batch_size=len(batch))
             except BaseException as err:  # noqa: BLE001 - every waiting request gets the error
                 for job in batch:
                     job.future.set_exception(err)

@@ -27,6 +27,7 @@ from pathlib import Path
 from mmlora.config.paths import ASSET_SCHEME, resolve_data_path
 from mmlora.data.images import load_image, resolve_image
 from mmlora.data.samples import RowError, Sample, assistant_turn, system_turn, user_turn
+from mmlora.evaluation.generate import Generated
 
 
 @dataclass
@@ -159,23 +160,31 @@ class InferenceEngine:
         """The answer to each request (whole text, stripped), `batch_size` requests per
         `generate` call. A bad image or prompt raises RowError (an MmloraError) naming the
         request's `where`, before anything is generated."""
-        from mmlora.evaluation.generate import generate_answers
+        return [generated.text for generated in self.generate(requests, settings, batch_size)]
+
+    def generate(self, requests: list[Request], settings: GenerationSettings | None = None,
+                 batch_size: int = 8) -> list[Generated]:
+        """`answer` with each answer's token counts (prompt with its visual tokens, completion)
+        and whether the model ended its turn, as the generation produced them."""
+        from mmlora.evaluation.generate import generate_outputs
 
         settings = settings or GenerationSettings()
         samples = [self._sample(request) for request in requests]
         with self._lock:
             self._seed(settings)
-            return generate_answers(self.model, self.processor, samples, batch_size,
+            return generate_outputs(self.model, self.processor, samples, batch_size,
                                     first_line=False, settings=settings.generate_kwargs())
 
-    def stream(self, request: Request, settings: GenerationSettings | None = None) -> Iterator[str]:
+    def stream(self, request: Request, settings: GenerationSettings | None = None,
+               usage: Generated | None = None) -> Iterator[str]:
         """The answer to one request as text chunks, as they are generated; joined, they are the
         text `answer` returns (whitespace at either end left out). Beam search cannot stream:
         num_beams must be 1. A stream left unread still generates to its end (holding the
-        engine's lock) before the next call runs."""
+        engine's lock) before the next call runs. `usage`, when given, receives the answer's
+        text and token counts (as `generate` gives them) once the stream has ended."""
         from transformers import TextIteratorStreamer
 
-        from mmlora.evaluation.generate import generate_answers
+        from mmlora.evaluation.generate import generate_outputs
 
         settings = settings or GenerationSettings()
         if settings.num_beams != 1:
@@ -183,13 +192,14 @@ class InferenceEngine:
         sample = self._sample(request)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
+        done: list[Generated] = []
 
         def run() -> None:
             try:
                 with self._lock:
                     self._seed(settings)
-                    generate_answers(self.model, self.processor, [sample], 1, first_line=False,
-                                     settings={**settings.generate_kwargs(), "streamer": streamer})
+                    done.extend(generate_outputs(self.model, self.processor, [sample], 1, first_line=False,
+                                                 settings={**settings.generate_kwargs(), "streamer": streamer}))
             except BaseException as err:  # noqa: BLE001 - handed to the reading thread below
                 failure.append(err)
                 streamer.end()
@@ -207,6 +217,9 @@ class InferenceEngine:
         worker.join()
         if failure:
             raise failure[0]
+        if usage is not None:
+            for name, value in vars(done[0]).items():
+                setattr(usage, name, value)
 
     @staticmethod
     def _seed(settings: GenerationSettings) -> None:

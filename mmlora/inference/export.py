@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmlora.errors import MmloraError
-from mmlora.inference.model_card import card_text, write_model_card
 from mmlora.inference.vllm_check import check_adapter
 from mmlora.models.adapter_fit import adapter_base_model
+from mmlora.models.model_card import card_text, write_model_card
 from mmlora.models.processor_files import read_record
 
 

@@ -9,8 +9,11 @@ What a request may hold (https://platform.openai.com/docs/api-reference/chat):
   `asset://`) is refused, since a client must not read the server's files. Images are checked as
   the data layer checks them (mmlora/data/images.py: size, decompression bombs, corrupt data).
 - `max_tokens` (or `max_completion_tokens`), `temperature` (0 = greedy), `top_p`, `seed`,
-  `stream`. Options mmlora cannot honour (`n` > 1, `stop`, `tools`, `logprobs`, ...) are refused
+  `stream`, `stream_options: {"include_usage": true}` (a last chunk with the token counts). Options mmlora cannot honour (`n` > 1, `stop`, `tools`, `logprobs`, ...) are refused
   with a 400 naming the parameter, rather than ignored.
+
+Answers carry `usage` (prompt tokens as the model saw them, visual tokens included; completion
+tokens up to and including the turn end; their total), as counted by the generation itself.
 
 Errors are `ApiError`s carrying OpenAI's error body `{"error": {"message", "type", "param",
 "code"}}` and the HTTP status the OpenAI API uses for them.
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from mmlora.data.images import MAX_DOWNLOAD_BYTES, load_image, resolve_image
 from mmlora.data.samples import IMAGE_MARKER, RowError
+from mmlora.evaluation.generate import Generated
 from mmlora.inference.engine import GenerationSettings, Request, Turn
 
 DEFAULT_MAX_TOKENS = 128
@@ -54,6 +58,8 @@ class ChatCall:
     settings: GenerationSettings
     stream: bool
     model: str
+    include_usage: bool = False
+    """stream_options.include_usage: a streamed answer ends with a chunk holding the usage."""
 
 
 def _number(body: dict, name: str, default, low: float, high: float, integer: bool = False):
@@ -181,24 +187,56 @@ def parse_chat_call(body, served: str, allow_urls: bool = False) -> ChatCall:
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false.", "stream")
     request, settings = chat_request(body, allow_urls)
-    return ChatCall(request, settings, stream, served)
+    return ChatCall(request, settings, stream, served, include_usage=_include_usage(body, stream))
+
+
+def _include_usage(body: dict, stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise ApiError(400, "'stream_options' is only allowed when 'stream' is true.", "stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "'stream_options' must be an object such as {\"include_usage\": true}.", "stream_options")
+    return options.get("include_usage", False)
 
 
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def chat_completion(answer: str, model: str, finish_reason: str) -> dict:
+def finish_reason(answer: Generated) -> str:
+    """"stop" when the model ended its turn, "length" when max_tokens (or the context) cut it."""
+    return "stop" if answer.stopped else "length"
+
+
+def usage(answer: Generated) -> dict:
+    """OpenAI's `usage` object (CompletionUsage) of one answer."""
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+
+
+def chat_completion(answer: Generated, model: str) -> dict:
     """A non-streamed `chat.completion` object."""
     return {"id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                         "finish_reason": finish_reason}]}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": finish_reason(answer)}],
+            "usage": usage(answer)}
 
 
-def chat_chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None = None) -> dict:
-    """One `chat.completion.chunk` of a stream."""
+def chat_chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None = None,
+               with_usage: bool = False) -> dict:
+    """One `chat.completion.chunk` of a stream (`with_usage`: its `usage` field, null, is there as
+    OpenAI sends it when the request asked for usage)."""
+    chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    return {**chunk, "usage": None} if with_usage else chunk
+
+
+def usage_chunk(chunk_id: str, model: str, answer: Generated) -> dict:
+    """The last chunk of a stream that asked for usage: no choices, the answer's usage."""
     return {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            "choices": [], "usage": usage(answer)}
 
 
 def model_list(served: str, owner: str = "mmlora") -> dict:

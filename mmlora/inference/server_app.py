@@ -24,18 +24,14 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from mmlora.data.samples import RowError
 from mmlora.inference.batcher import Batcher
-from mmlora.inference.engine import GenerationSettings, InferenceEngine, request_sample
+from mmlora.evaluation.generate import Generated
+from mmlora.inference.engine import InferenceEngine, request_sample
 from mmlora.inference.openai_protocol import (
-    ApiError, ChatCall, chat_chunk, chat_completion, completion_id, model_list, parse_chat_call,
+    ApiError, ChatCall, chat_chunk, chat_completion, completion_id, finish_reason, model_list, parse_chat_call,
+    usage_chunk,
 )
 
 log = logging.getLogger("mmlora.serve")
-
-
-def finish_reason(engine: InferenceEngine, answer: str, settings: GenerationSettings) -> str:
-    """"length" when the answer used up max_tokens (counted by re-tokenizing it), else "stop"."""
-    tokens = engine.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    return "length" if len(tokens) >= settings.max_new_tokens else "stop"
 
 
 def sse(data) -> str:
@@ -44,21 +40,21 @@ def sse(data) -> str:
 
 
 def stream_events(engine: InferenceEngine, call: ChatCall):
-    """The SSE lines of a streamed answer: the role, the text chunks, the finish, [DONE]."""
-    chunk_id = completion_id()
-    yield sse(chat_chunk(chunk_id, call.model, {"role": "assistant", "content": ""}))
-    pieces = []
+    """The SSE lines of a streamed answer: the role, the text chunks, the finish, the usage when
+    asked for (stream_options.include_usage), [DONE]."""
+    chunk_id, answer, counted = completion_id(), Generated(), call.include_usage
+    yield sse(chat_chunk(chunk_id, call.model, {"role": "assistant", "content": ""}, with_usage=counted))
     try:
-        for piece in engine.stream(call.request, call.settings):
-            pieces.append(piece)
-            yield sse(chat_chunk(chunk_id, call.model, {"content": piece}))
+        for piece in engine.stream(call.request, call.settings, usage=answer):
+            yield sse(chat_chunk(chunk_id, call.model, {"content": piece}, with_usage=counted))
     except Exception as err:  # noqa: BLE001 - the status is sent already: report in the stream
         log.exception("generation failed")
         yield sse(ApiError(500, f"generation failed: {err}", kind="server_error").body())
         yield sse("[DONE]")
         return
-    reason = finish_reason(engine, "".join(pieces), call.settings)
-    yield sse(chat_chunk(chunk_id, call.model, {}, reason))
+    yield sse(chat_chunk(chunk_id, call.model, {}, finish_reason(answer), with_usage=counted))
+    if counted:
+        yield sse(usage_chunk(chunk_id, call.model, answer))
     yield sse("[DONE]")
 
 
@@ -119,7 +115,7 @@ def build_app(engine: InferenceEngine, served: str, allow_urls: bool = False, ui
         if call.stream:
             return StreamingResponse(stream_events(engine, call), media_type="text/event-stream")
         answer = await asyncio.wrap_future(batcher.submit(call.request, call.settings))
-        return chat_completion(answer, served, finish_reason(engine, answer, call.settings))
+        return chat_completion(answer, served)
 
     if ui:
         from mmlora.inference.web_page import page_html

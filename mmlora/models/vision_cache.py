@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 
 from mmlora.config.sizes import parse_bytes
+from mmlora.data.cache_entries import mark_used
 from mmlora.errors import MmloraError
 from mmlora.models.families import Family, find_module, projector_modules
 from mmlora.models.vision_store import FeatureStore, default_cache_dir, tensor_bytes
@@ -126,6 +127,7 @@ def open_store(model, family: Family, bounds: dict, directory: str | None, memor
         about = folder / "about.json"
         if not about.exists():
             about.write_text(json.dumps(facts, indent=2, default=str) + "\n")
+        mark_used(about)  # its mtime is the namespace's last use (`mmlora cache clear --older-than`)
     except OSError as error:
         raise MmloraError(f"train.vision_cache_dir: cannot write to {folder} ({error.strerror}). "
                           "Point train.vision_cache_dir at a writable folder, or set train.vision_cache=off.") from None

@@ -28,6 +28,7 @@ from mmlora.models.lora import (
     apply_lora, count_parameters, format_adapted_modules, format_parameter_table, install_param_groups,
     save_adapter,
 )
+from mmlora.models.model_card import keep_own_readme, write_run_card
 from mmlora.training.batches import dataloader_workers, training_collator
 from mmlora.training.checkpoints import (
     check_free_disk, check_resume_compatible, estimate_checkpoint_bytes, find_checkpoint,
@@ -38,7 +39,7 @@ from mmlora.training.guards import GracefulInterrupt, NonFiniteGuard, StopNow
 from mmlora.training.fsdp import gathered_trainable_state
 from mmlora.training.preflight import check_before_training
 from mmlora.training.ranks import is_main_process, world_size
-from mmlora.training.vision_features import attach_training_cache
+from mmlora.training.vision_features import attach_training_cache, report_training_cache
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,12 @@ def save_outputs(out_dir: Path, model, loaded: LoadedModel, recipe: Recipe, hist
     the adapter weights gathered from FSDP shards (mmlora/training/fsdp.py), else the model's."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # Adapter + adapted_modules.json; PiSSA/OLoRA adapters converted to plain LoRA (mmlora/models/lora.py).
-    save_adapter(model, out_dir, state_dict)
+    with keep_own_readme(out_dir):  # PEFT would edit a README.md of the user's
+        save_adapter(model, out_dir, state_dict)
     loaded.processor.save_pretrained(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
     write_train_log(out_dir, history)
+    write_run_card(out_dir, recipe.model.name)  # mmlora's card instead of PEFT's blank template
 
 
 def write_train_log(out_dir: Path, history: list[dict]) -> None:
@@ -222,7 +225,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     # Encode each image once when images repeat (mmlora/training/vision_features.py); a stream
     # (data.streaming) has no length and is taken as read once.
     train_samples = len(data.dataset) if hasattr(data.dataset, "__len__") else None
-    attach_training_cache(trainer, loaded.family, recipe, train_samples, world_size())
+    vision_store = attach_training_cache(trainer, loaded.family, recipe, train_samples, world_size())
     evaluation.attach(trainer)
     attach_console(trainer, recipe)  # readable log lines and summary (mmlora/training/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
@@ -244,6 +247,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
         finish_run(trainer, evaluation, interrupt, result, recipe)
     finally:
         interrupt.uninstall()
+    report_training_cache(vision_store, trainer.accelerator, world_size())  # a collective: success path only
     if distributed:
         # Each rank leaves the process group before Python exits (accelerate's documented end):
         # with the group still up, gloo's worker threads can hold tensors while the interpreter
@@ -284,6 +288,7 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
         interrupt.stop_at_once(False)  # writing the log below: a signal waits for it again
     if result.interrupted_by is None and trainer.args.should_save:
         write_train_log(result.output_dir, trainer.state.log_history)  # now with the final_* metrics
+        write_run_card(result.output_dir, recipe.model.name)
 
 
 def shell_command(words: list[str]) -> str:

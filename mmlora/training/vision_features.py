@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 
-from transformers import TrainerCallback
-
 from mmlora.config.schema import Recipe
 from mmlora.models.vision_cache import install_vision_cache, open_recipe_store, why_not_cacheable
+from mmlora.models.vision_entries import vision_cache_note
 from mmlora.models.vision_store import FeatureStore
 from mmlora.training.ranks import is_main_process
 
@@ -56,7 +55,8 @@ def sharded_tower(trainer) -> str | None:
 def attach_training_cache(trainer, family, recipe: Recipe, train_samples: int | None, world: int = 1) -> FeatureStore | None:
     """Install the vision-feature cache on the trainer's model when train.vision_cache says so.
 
-    Prints one line saying whether it is on and why (or why not); returns the store or None."""
+    Prints one line saying whether it is on and why (or why not); returns the store or None
+    (give it to `report_training_cache` at the end of the run)."""
     if recipe.train.vision_cache == "off":
         return None
     # A stream (data.streaming, train_samples None) has no known size: its training features are
@@ -74,26 +74,46 @@ def attach_training_cache(trainer, family, recipe: Recipe, train_samples: int | 
     # Training images seen once: caching them would only fill the disk, so the training steps
     # (the model in train mode) compute their features as usual and only evaluation is cached.
     install_vision_cache(trainer.model, family, store, in_training=train_repeat is not None)
-    trainer.add_callback(CacheReport(store))
     if is_main_process():
         scope = "" if train_repeat else " for evaluation only"
         print(f"vision cache: on{scope} ({repeat}); entries in {store.directory}")
     return store
 
 
-def describe_stats(store: FeatureStore) -> str:
-    s = store.stats
-    return (f"vision cache: {s.entries} images encoded, {s.hits_ram + s.hits_disk} reused "
-            f"({s.hits_disk} from disk), {s.rejected} bad entries recomputed; "
-            f"{s.ram_bytes / 2**20:.1f} MiB in RAM, {s.disk_bytes / 2**20:.1f} MiB written to disk")
+COUNTS = ("entries", "hits_ram", "hits_disk", "rejected", "ram_bytes", "disk_bytes")
+"""The StoreStats fields the end-of-run line reports (summed over the processes of a run)."""
 
 
-class CacheReport(TrainerCallback):
-    """Logs the cache's counts at the end of training."""
+def run_counts(store: FeatureStore, accelerator=None, world: int = 1) -> dict[str, int]:
+    """This run's cache counts; with `world` > 1, summed over every process (a collective: every
+    rank must call it, on the success path only, while the process group is up)."""
+    counts = {name: int(getattr(store.stats, name)) for name in COUNTS}
+    if world > 1:
+        import torch
+        import torch.distributed as dist
 
-    def __init__(self, store: FeatureStore):
-        self.store = store
+        total = torch.tensor(list(counts.values()), dtype=torch.int64, device=accelerator.device)
+        dist.all_reduce(total)  # sum; one tiny tensor on the Trainer's group (gloo or NCCL)
+        counts = dict(zip(COUNTS, total.tolist()))
+    return counts
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            print(describe_stats(self.store))
+
+def describe_counts(counts: dict[str, int], world: int = 1) -> str:
+    over = f" over {world} processes" if world > 1 else ""
+    return (f"vision cache{over}: {counts['entries']} images encoded, {counts['hits_ram'] + counts['hits_disk']} "
+            f"reused ({counts['hits_disk']} from disk), {counts['rejected']} bad entries recomputed; "
+            f"{counts['ram_bytes'] / 2**20:.1f} MiB in RAM, {counts['disk_bytes'] / 2**20:.1f} MiB written to disk")
+
+
+def report_training_cache(store: FeatureStore | None, accelerator=None, world: int = 1) -> None:
+    """At the end of a run: the cache's counts (summed over processes) and, when it wrote entries
+    and the cache has grown past another 20 GiB, where it lives and how big it is."""
+    if store is None:
+        return
+    counts = run_counts(store, accelerator, world)
+    if not is_main_process():
+        return
+    print(describe_counts(counts, world))
+    note = vision_cache_note(store.directory.parent) if counts["entries"] and store.directory is not None else None
+    if note:
+        print(note)

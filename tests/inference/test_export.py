@@ -18,7 +18,7 @@ def test_export_and_merge_write_model_cards_from_the_run_files(tmp_path, capsys)
     run, merged = tmp_path / "run", tmp_path / "merged"
     assert main(["train", "tiny_vqa", "train.max_steps=2", "eval.generate_at_end=false", "lora.projector=frozen",
                  f"train.output_dir={run}"]) == 0
-    assert "[More Information Needed]" in (run / "README.md").read_text()  # PEFT's blank template
+    assert "not checked yet: `mmlora export" in (run / "README.md").read_text()  # the card `mmlora train` wrote
     assert main(["eval", "tiny_vqa", "--adapter", str(run), "--limit", "4", "eval.max_new_tokens=2"]) == 0
     capsys.readouterr()
 

@@ -22,6 +22,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from mmlora.cli import main  # noqa: E402
 from mmlora.config.paths import assets_dir  # noqa: E402
+from mmlora.data.collate import generation_batch  # noqa: E402
 from mmlora.inference.engine import GenerationSettings, Request, Turn  # noqa: E402
 
 IMAGES = assets_dir() / "demo" / "images"
@@ -82,6 +83,34 @@ def test_answers_equal_mmlora_infer_and_streams_join_to_them(server, client, api
         events = [line for line in response.read().decode().split("\n\n") if line]
     assert response.headers["content-type"].startswith("text/event-stream")
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1])
+    assert not any("usage" in json.loads(e[len("data: "):]) for e in events[:-1])  # not asked for
+
+
+def test_answers_report_their_token_usage_streamed_or_not(server, client):
+    engine = server[1].state.batcher.engine
+    image, prompt = IMAGES / "blue_circle_black_112x112.png", "What color is the shape?"
+    reply = client.chat.completions.create(model=SERVED, messages=ask(prompt, image), max_tokens=5)
+    # The prompt as the model sees it: chat template and the image's visual tokens (112x112 px in
+    # 14 px patches, merged 2x2: 16 <|image_pad|> tokens).
+    prompt_ids = generation_batch(engine.processor, [engine._sample(Request(f"<image>{prompt}", [image]))])["input_ids"]
+    assert int((prompt_ids == engine.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 16
+    usage = reply.usage
+    assert usage.prompt_tokens == prompt_ids.shape[1]
+    assert 1 <= usage.completion_tokens <= 5 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    if reply.choices[0].finish_reason == "length":  # cut at max_tokens, else ended by the turn end
+        assert usage.completion_tokens == 5
+    alone = engine.generate([Request(f"<image>{prompt}", [image])], GenerationSettings(max_new_tokens=5))[0]
+    assert (alone.text, alone.prompt_tokens, alone.completion_tokens) == (
+        reply.choices[0].message.content, usage.prompt_tokens, usage.completion_tokens)
+
+    chunks = list(client.chat.completions.create(model=SERVED, messages=ask(prompt, image), max_tokens=5,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == usage.model_dump()
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    assert chunks[-2].choices[0].finish_reason == reply.choices[0].finish_reason
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == reply.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="only allowed when 'stream' is true"):
+        client.chat.completions.create(model=SERVED, messages=ask(prompt), stream_options={"include_usage": True})
 
 
 def test_system_message_and_earlier_turns_reach_the_model(server, client):
@@ -125,7 +154,7 @@ def test_the_batcher_answers_waiting_requests_in_one_batch(server):
     before = len(batcher.batch_sizes)
     with engine._lock:  # the model is busy: the four requests wait together
         futures = [batcher.submit(r, settings) for r in requests]
-    assert [f.result(timeout=120) for f in futures] == alone
+    assert [f.result(timeout=120).text for f in futures] == alone
     assert max(batcher.batch_sizes[before:]) > 1 and sum(batcher.batch_sizes[before:]) == 4
 
 

@@ -3,18 +3,25 @@
 PEFT writes a blank template ("[More Information Needed]" throughout). The card written here
 says what the run recorded: base model, data (data_report.json), recipe (recipe.yaml),
 metrics (eval_metrics.json, train_log.jsonl, and `mmlora eval`'s eval_*/metrics.json), how to
-use it, and whether vLLM serves it as trained (mmlora/inference/vllm_check.py). A README.md
-someone wrote by hand (neither PEFT's template nor an earlier card of mmlora) is kept.
+use it, and whether vLLM serves it as trained (mmlora/inference/vllm_check.py, given by
+`mmlora export` / `mmlora merge`). `mmlora train` writes it into the adapter folder when the
+adapter is saved and again after the final evaluation; export and merge rewrite it. A README.md
+someone wrote by hand (neither PEFT's template nor an earlier card of mmlora) is kept, also
+through PEFT's `save_pretrained`, which would edit it (`keep_own_readme`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-CARD_MARK = "<!-- model card written by mmlora (mmlora export); rewritten on the next export -->"
+CARD_MARK = "<!-- model card written by mmlora (mmlora train, mmlora export); rewritten by both -->"
+CARD_MARK_PREFIX = "<!-- model card written by mmlora"
+"""What every card of mmlora starts its body with (earlier versions' wording included)."""
 PEFT_TEMPLATE_MARK = "[More Information Needed]"
 
 
@@ -100,8 +107,12 @@ def _read_lines(path: Path) -> list[dict]:
     return [row for row in rows if isinstance(row, dict)]
 
 
-def card_text(folder: Path, run_dir: Path | None, base: str, merged: bool, vllm_lines: list[str]) -> str:
-    """The model card of `folder` (an adapter, or a merged model made from `run_dir`)."""
+def card_text(folder: Path, run_dir: Path | None, base: str, merged: bool, vllm_lines: list[str] | None) -> str:
+    """The model card of `folder` (an adapter, or a merged model made from `run_dir`);
+    `vllm_lines` None: not checked yet (the card says how to check)."""
+    if vllm_lines is None:
+        vllm_lines = [f"not checked yet: `mmlora export {folder}` says whether vLLM serves it as trained, "
+                      "with which flags, and rewrites this card"]
     recipe = _recipe(run_dir) if run_dir else {}
     kind = "merged model" if merged else "LoRA adapter"
     use = (f"mmlora infer --model {folder} --image photo.jpg --prompt \"...\"" if merged else
@@ -122,9 +133,30 @@ def card_text(folder: Path, run_dir: Path | None, base: str, merged: bool, vllm_
 def write_model_card(folder: Path, text: str) -> bool:
     """Write README.md unless it is someone's own (kept: returns False)."""
     readme = folder / "README.md"
-    if readme.is_file():
-        existing = readme.read_text(errors="replace")
-        if CARD_MARK not in existing and PEFT_TEMPLATE_MARK not in existing:
-            return False
+    if readme.is_file() and is_own_readme(readme.read_text(errors="replace")):
+        return False
     readme.write_text(text)
     return True
+
+
+def is_own_readme(text: str) -> bool:
+    """A README.md someone wrote: neither PEFT's template nor a card of mmlora."""
+    return CARD_MARK_PREFIX not in text and PEFT_TEMPLATE_MARK not in text
+
+
+@contextmanager
+def keep_own_readme(folder: Path) -> Iterator[None]:
+    """Put a hand-written README.md of `folder` back as it was after the block (PEFT's
+    `save_pretrained` adds its metadata and sections to an existing README.md)."""
+    readme = Path(folder) / "README.md"
+    own = readme.read_bytes() if readme.is_file() and is_own_readme(readme.read_text(errors="replace")) else None
+    try:
+        yield
+    finally:
+        if own is not None:
+            readme.write_bytes(own)
+
+
+def write_run_card(run_dir: Path, base: str) -> bool:
+    """The card of a training run's adapter folder, from the files written so far (no vLLM check)."""
+    return write_model_card(run_dir, card_text(run_dir, run_dir, base, merged=False, vllm_lines=None))
