@@ -184,7 +184,7 @@ def test_bad_rows_are_located_with_their_reason(tmp_path, row, reason):
     results = list(iter_samples(tmp_path / "bad.jsonl", DataConfig(train="x")))
     assert results[0].problem is None and results[1].problem.reason == reason
     assert results[1].problem.where == f"{tmp_path / 'bad.jsonl'}:2"
-    with pytest.raises(MmloraError, match=rf"bad\.jsonl:2: .*data\.on_error=skip"):
+    with pytest.raises(MmloraError, match=r"bad\.jsonl:2: .*data\.on_error=skip"):
         load_samples(tmp_path / "bad.jsonl", DataConfig(train="x"))
     assert len(load_samples(tmp_path / "bad.jsonl", DataConfig(train="x", on_error="skip"))) == 1
 
