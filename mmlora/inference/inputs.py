@@ -10,6 +10,7 @@ located at `file:line` and naming the field, for the caller to skip and count.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,13 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
     if "image" in row and "images" in row:
         raise RowError("bad_row", "give \"image\" or \"images\", not both")
-    refs = [row["image"]] if "image" in row else row.get("images")
-    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
-        raise RowError("bad_row", "field \"image\" (a path or URL) or \"images\" (a list of them) is missing or empty")
+    refs = image_refs(row)
+    prompt_name = next((f'field "{key}"' for key in ("prompt", "question") if key in row), "--prompt")
     text = row.get("prompt", row.get("question", prompt))
+    if text is None:
+        raise RowError("missing_question", "field \"prompt\" is missing (or give --prompt for every line)")
     if not isinstance(text, str) or not text.strip():
-        raise RowError("missing_question", "field \"prompt\" is missing, empty or not text (or give --prompt for every line)")
+        raise RowError("missing_question", f"{prompt_name} is {_not_text(text)}: expected the prompt as text")
     line_system = row.get("system", system)
     if line_system is not None and not isinstance(line_system, str):
         raise RowError("bad_row", "field \"system\" must be text")
@@ -110,8 +112,37 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError(err.reason, f"field \"{image_field(row)}\": {err.detail}") from None
     item = _item(resolved, refs, text, line_system, where)
     item.image_field = image_field(row)
-    request_sample(item.request)  # `<image>` markers against images, before the model loads
+    request_sample(item.request, prompt_field=prompt_name)  # `<image>` markers against images, before the model loads
     return item
+
+
+def image_refs(row: dict) -> list[str]:
+    """The image references of a JSONL line; RowError naming the field when they are missing,
+    empty or not text."""
+    if "image" not in row and "images" not in row:
+        raise RowError("bad_row", "field \"image\" (a path or URL) or \"images\" (a list of them) is missing")
+    if "image" in row:
+        if not isinstance(row["image"], str) or not row["image"].strip():
+            raise RowError("bad_row", f"field \"image\" is {_not_text(row['image'])}: expected a path or URL as text "
+                                      "(several images: \"images\", a list)")
+        return [row["image"]]
+    refs = row["images"]
+    if not isinstance(refs, list) or not refs:
+        raise RowError("bad_row", f"field \"images\" is {_not_text(refs)}: expected a non-empty list of paths or URLs")
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, str) or not ref.strip():
+            raise RowError("bad_row", f"field \"images\"[{i}] is {_not_text(ref)}: expected a path or URL as text")
+    return refs
+
+
+def _not_text(value) -> str:
+    """How a field that should be text is wrong, for an error: `empty`, or `5 (a number)`."""
+    if isinstance(value, str) and value.strip():
+        return f"{json.dumps(value)[:40]} (text)"
+    if isinstance(value, str) or value is None or value == []:
+        return "empty"
+    kinds = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{json.dumps(value)[:40]} ({kinds.get(type(value), type(value).__name__)})"
 
 
 def image_field(row: dict) -> str:
