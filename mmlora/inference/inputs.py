@@ -17,9 +17,11 @@ from pathlib import Path
 
 from mmlora.data.jsonrows import jsonl_rows
 from mmlora.data.pathkinds import not_a_file
+from mmlora.data.rowtext import check_unicode
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
 from mmlora.inference.engine import Request, request_sample, resolve_images
+from mmlora.models.plaintext import SENTINELS
 
 
 @dataclass
@@ -63,6 +65,8 @@ def items_from_flags(images: list[str], prompt: str, system: str | None, rules: 
     resolved = resolve_images(images, "--image", allow_urls=rules.allow_urls)
     item = _item(resolved, images, prompt, system, "--image")
     try:
+        reserved_characters(prompt, "--prompt")
+        reserved_characters(system or "", "--system")
         request_sample(item.request, prompt_field="--prompt")  # `<image>` markers, before the model loads
     except RowError as err:
         raise MmloraError(err.detail) from None
@@ -94,6 +98,7 @@ def items_from_jsonl(path: Path, prompt: str | None, system: str | None,
 def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | None, rules: ImageRules) -> Item:
     if not isinstance(row, dict):
         raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
+    check_unicode(row)  # a lone surrogate: the tokenizer would fail on the whole batch
     if "image" in row and "images" in row:
         raise RowError("bad_row", "give \"image\" or \"images\", not both")
     refs = image_refs(row)
@@ -106,6 +111,8 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
     line_system = row.get("system", system)
     if line_system is not None and not isinstance(line_system, str):
         raise RowError("bad_row", "field \"system\" must be text")
+    reserved_characters(text, prompt_name)
+    reserved_characters(line_system or "", 'field "system"' if "system" in row else "--system")
     try:
         resolved = resolve_images(refs, where, root, rules.allow_urls, rules.allow_outside_root)
     except RowError as err:
@@ -114,6 +121,15 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
     item.image_field = image_field(row)
     request_sample(item.request, prompt_field=prompt_name)  # `<image>` markers against images, before the model loads
     return item
+
+
+def reserved_characters(text: str, field: str) -> None:
+    """RowError naming `field` when its text holds characters mmlora reserves (Unicode's
+    Supplementary Private Use Area-A, models/plaintext.py): the encoder would refuse the whole
+    batch it is in."""
+    if SENTINELS.search(text):
+        raise RowError("bad_row", f"{field} holds characters of Unicode's Supplementary Private Use Area-A "
+                                  "(U+F0000..U+FFFFD), which mmlora reserves; remove them")
 
 
 def image_refs(row: dict) -> list[str]:

@@ -164,6 +164,10 @@ def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extr
     ('{"image": "a.png", "question": 7}', 'field "question" is 7 (a number): expected the prompt as text'),
     ('{"image": "a.png", "prompt": "  "}', 'field "prompt" is empty: expected the prompt as text'),
     ('{"image": "a.png", "question": "<image> <image>"}', 'field "question" has 2 <image> marker(s) but there is 1'),
+    # text the encoder refuses: skipped as its line, not a failed batch
+    ('{"image": "a.png", "prompt": "sur \\ud800 x"}', "field 'prompt' holds a lone surrogate \\ud800 at character 5"),
+    ('{"image": "a.png", "prompt": "x", "system": "\\udb80\\udc01"}', 'field "system" holds characters of '
+                                                                   "Unicode's Supplementary Private Use Area-A"),
 ])
 def test_a_bad_jsonl_line_names_its_field_and_what_is_wrong(tmp_path, line, message):
     (tmp_path / "a.png").write_bytes(b"")
@@ -205,3 +209,10 @@ def test_a_full_disk_while_writing_answers_is_one_line_saying_how_to_continue():
                                           r"after 0 line\(s\) of this run; make room and rerun with --resume"):
         writer.write([{"image": "a.png", "prompt": "x", "prediction": "red"}])
     writer.close()
+
+
+def test_a_prompt_flag_with_reserved_characters_is_refused_before_the_model_loads(demo_image):
+    from mmlora.inference.inputs import items_from_flags
+
+    with pytest.raises(MmloraError, match=r"^--prompt holds characters of Unicode's Supplementary Private Use Area-A"):
+        items_from_flags([str(demo_image)], "what \U000F0001 is it", None, ImageRules())
