@@ -156,6 +156,9 @@ def data_sources(value: Any, where: str = "data.train") -> list[DataSource]:
                 raise MmloraError(f"{label}: got {entry!r}, expected a path, {HUB_SCHEME}ORG/NAME or a mapping "
                                   f"with `path`.")
         _refuse_repeats(sources)
+        if not math.isfinite(sum(source.weight for source in sources)):
+            raise MmloraError(f"{where}: the weights add up to more than a number can hold; only their ratios "
+                              "matter, so use smaller ones (e.g. 3 and 1).")
         return sources
     raise MmloraError(f"{where}: got {value!r}, expected a path, {HUB_SCHEME}ORG/NAME, a mapping with `path`, "
                       "or a list of these (a mixture).")

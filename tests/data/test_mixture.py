@@ -165,6 +165,11 @@ def test_recipe_refuses_a_malformed_source(entry, message):
         mixture_recipe(["b.jsonl", entry])
 
 
+def test_weights_whose_sum_overflows_are_refused():
+    with pytest.raises(MmloraError, match=r"data.train: the weights add up to more than a number can hold"):
+        mixture_recipe([{"path": "b.jsonl", "weight": 1e308}, {"path": "c.jsonl", "weight": 1e308}])
+
+
 def test_data_check_says_why_it_exits_1_and_draws_nothing_from_an_empty_source(two_sources, tmp_path):
     docs, _ = two_sources
     gone = write_rows(tmp_path / "gone.jsonl", [{"image": "gone.png", "question": "Q?", "answer": "b"}])
