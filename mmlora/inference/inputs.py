@@ -10,6 +10,7 @@ located at `file:line` and naming the field, for the caller to skip and count.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
     if not isinstance(row, dict):
         raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
     check_unicode(row)  # a lone surrogate: the tokenizer would fail on the whole batch
+    misspelt(row)
     if "image" in row and "images" in row:
         raise RowError("bad_row", "give \"image\" or \"images\", not both")
     refs = image_refs(row)
@@ -121,6 +123,22 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
     item.image_field = image_field(row)
     request_sample(item.request, prompt_field=prompt_name)  # `<image>` markers against images, before the model loads
     return item
+
+
+REQUEST_FIELDS = ("image", "images", "prompt", "question", "system")
+SAME_ROLE = {"image": ("image", "images"), "images": ("image", "images"), "prompt": ("prompt", "question"),
+             "question": ("prompt", "question"), "system": ("system",)}
+
+
+def misspelt(row: dict) -> None:
+    """RowError for a field that looks like a misspelt request field (`promt`, `imgae`): its
+    value would be ignored and the line answered with --prompt instead. Other fields (an id, a
+    reference answer) are left alone."""
+    for key in row:
+        if key not in REQUEST_FIELDS:
+            close = difflib.get_close_matches(key, REQUEST_FIELDS, n=1, cutoff=0.8)
+            if close and not any(field in row for field in SAME_ROLE[close[0]]):  # else it is another field
+                raise RowError("bad_row", f"field \"{key}\" is not a request field: did you mean \"{close[0]}\"?")
 
 
 def reserved_characters(text: str, field: str) -> None:

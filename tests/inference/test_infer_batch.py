@@ -164,6 +164,8 @@ def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extr
     ('{"image": "a.png", "question": 7}', 'field "question" is 7 (a number): expected the prompt as text'),
     ('{"image": "a.png", "prompt": "  "}', 'field "prompt" is empty: expected the prompt as text'),
     ('{"image": "a.png", "question": "<image> <image>"}', 'field "question" has 2 <image> marker(s) but there is 1'),
+    ('{"image": "a.png", "promt": "What color?"}', 'field "promt" is not a request field: did you mean "prompt"?'),
+    ('{"imgae": "a.png", "prompt": "x"}', 'field "imgae" is not a request field: did you mean "image"?'),
     # text the encoder refuses: skipped as its line, not a failed batch
     ('{"image": "a.png", "prompt": "sur \\ud800 x"}', "field 'prompt' holds a lone surrogate \\ud800 at character 5"),
     ('{"image": "a.png", "prompt": "x", "system": "\\udb80\\udc01"}', 'field "system" holds characters of '
@@ -172,8 +174,16 @@ def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extr
 def test_a_bad_jsonl_line_names_its_field_and_what_is_wrong(tmp_path, line, message):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "q.jsonl").write_text(line + "\n")
-    (found,) = items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules())
+    (found,) = items_from_jsonl(tmp_path / "q.jsonl", "the --prompt default", None, ImageRules())
     assert str(found).startswith(f"{tmp_path / 'q.jsonl'}:1: {message}")
+
+
+def test_other_fields_of_a_line_are_left_alone(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    line = {"image": "a.png", "question": "Which?", "question_id": 7, "answers": ["red"], "id": "x1"}
+    (tmp_path / "q.jsonl").write_text(json.dumps(line) + "\n")
+    (found,) = items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules())
+    assert found.shown == {"image": "a.png", "prompt": "Which?"}
 
 
 def test_resume_answers_a_request_asked_twice_twice(tmp_path):
