@@ -27,6 +27,8 @@ def check_output(path: Path, resume: bool) -> None:
     """Before the model loads: an existing answers file is continued only with --resume."""
     if path.is_dir():
         raise MmloraError(f"--output {path} is a folder; give a .jsonl file path.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise MmloraError(f"--output {path}: {path.parent} is a file, not a folder; give a path in a folder.")
     if not path.parent.is_dir():
         raise MmloraError(f"--output {path}: the folder {path.parent} does not exist; create it first.")
     if path.is_file() and path.stat().st_size and not resume:

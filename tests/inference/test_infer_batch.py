@@ -213,6 +213,14 @@ def test_resume_refuses_the_answers_of_another_input_and_warns_of_stray_lines(wo
         "q.jsonl (the input was edited?); they are kept.")
 
 
+def test_an_output_under_a_file_says_it_is_a_file(tmp_path):
+    from mmlora.inference.predictions import check_output
+
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(MmloraError, match=r"^--output .*a.png/out.jsonl: .*a.png is a file, not a folder"):
+        check_output(tmp_path / "a.png" / "out.jsonl", resume=False)
+
+
 def test_a_full_disk_while_writing_answers_is_one_line_saying_how_to_continue():
     writer = PredictionWriter(Path("/dev/full"))  # every write fails: no space left on device
     with pytest.raises(MmloraError, match=r"^--output /dev/full: writing answers failed \(No space left on device\) "
