@@ -38,8 +38,9 @@ def read_or_discard(folder: Path, read):
         return read(folder)
     except damaged_errors() as error:
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        log.warning("damaged scan result in %s (%s): deleted, scanning again", folder, reason)
         shutil.rmtree(folder, ignore_errors=True)
+        done = "deleted" if not folder.exists() else "could not delete it (delete it by hand)"
+        log.warning("damaged scan result in %s (%s): %s, scanning again", folder, reason, done)
         return None
 
 

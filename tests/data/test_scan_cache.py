@@ -81,6 +81,20 @@ def test_a_damaged_cached_result_is_logged_deleted_and_scanned_again(processor, 
     assert report(scan_split(str(data_file), cfg, processor, progress=False)) == first and len(calls) == 2
 
 
+def test_a_damaged_result_that_cannot_be_deleted_is_never_trusted(processor, data_file, monkeypatch, caplog):
+    calls = scans_run(monkeypatch)
+    cfg = DataConfig(train="x", on_error="skip", max_length=301)
+    before = set(cache_root().iterdir())
+    first = report(scan_split(str(data_file), cfg, processor, progress=False))
+    folder = result_folder(before)
+    cut(folder / "scan.arrow")
+    monkeypatch.setattr(scancache.shutil, "rmtree", lambda *a, **k: None)  # a read-only cache folder
+    with caplog.at_level(logging.WARNING):
+        again = scan_split(str(data_file), cfg, processor, progress=False)
+    assert report(again) == first and len(calls) == 2
+    assert caplog.records[0].getMessage().endswith(": could not delete it (delete it by hand), scanning again")
+
+
 def test_a_cache_root_that_is_a_file_scans_without_it_with_one_warning(processor, data_file, tmp_path, monkeypatch,
                                                                        caplog):
     (tmp_path / "not-a-folder").write_text("")
