@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 
 from mmlora.data.rowtext import lone_surrogate
-from mmlora.inference.engine import Request
+from mmlora.inference.engine import GenerationSettings, Request
 from mmlora.inference.openai_protocol import UNSUPPORTED, ApiError
 from mmlora.models.plaintext import SENTINELS
 
@@ -49,3 +49,20 @@ def check_texts(body: dict, request: Request) -> None:
             raise ApiError(400, f"{where}: holds characters of Unicode's Supplementary Private Use Area-A "
                                 "(U+F0000..U+FFFFD), which mmlora reserves to keep special-token strings plain "
                                 "text; remove them.", "messages", code="reserved_characters")
+
+
+def check_length(engine, request: Request, settings: GenerationSettings) -> None:
+    """A conversation whose text alone (images add more) and max_tokens pass the model's context
+    is a 400, as OpenAI answers it: past it the model answers garbage, and a huge prompt would
+    hold the batch it is in for minutes."""
+    config = engine.model.config
+    limit = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+    if not limit:
+        return
+    tokenizer = engine.processor.tokenizer
+    texts = [request.system or "", *(turn.text for turn in request.history), request.prompt]
+    tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts if text)
+    if tokens + settings.max_new_tokens > limit:
+        raise ApiError(400, f"the messages hold {tokens} text tokens (images add more) and max_tokens is "
+                            f"{settings.max_new_tokens}: more than the model's context of {limit} tokens; shorten "
+                            "the conversation or lower max_tokens.", "messages", code="context_length_exceeded")

@@ -168,6 +168,9 @@ def post(server, body, path="/v1/chat/completions") -> tuple[int, dict]:
     ({"messages": ask("a\ud800b")}, 400, "messages", "messages[0].content[0].text: holds a lone surrogate \\ud800"),
     ({"messages": ask("a\U000F0001b")}, 400, "messages", "the last user message: holds characters of Unicode's "
                                                            "Supplementary Private Use Area-A"),
+    ({"messages": ask("word " * 1100), "max_tokens": 1}, 400, "messages",  # the tiny model's context: 4096
+     "text tokens (images add more) and max_tokens is 1: more than the model's context of 4096 tokens"),
+    ({"messages": ask("Hi"), "max_tokens": 1 << 20}, 400, "messages", "more than the model's context of 4096 tokens"),
 ])
 def test_errors_answer_in_openai_shape(server, body, status, param, message):
     code, answer = post(server, body)
