@@ -187,6 +187,10 @@ def test_client_raises_the_matching_openai_errors(client, server):
     with pytest.raises(openai.BadRequestError, match="must be a data URL"):
         client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}]}])
+    with pytest.raises(openai.BadRequestError, match="'presence_penalty' other than 0 is not supported"):
+        client.chat.completions.create(model=SERVED, messages=ask("Hi"), presence_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: max_token"):
+        client.chat.completions.create(model=SERVED, messages=ask("Hi"), extra_body={"max_token": 2})
     code, answer = post(server, {}, "/v1/nothing-here")
     assert code == 404 and answer["error"]["type"] == "not_found_error"
     assert answer["error"]["message"].startswith("Not Found: POST /v1/nothing-here. This server answers GET /v1/models")
