@@ -165,6 +165,11 @@ def test_recipe_refuses_a_malformed_source(entry, message):
         mixture_recipe(["b.jsonl", entry])
 
 
+def test_a_weight_on_an_eval_source_is_refused():
+    with pytest.raises(MmloraError, match=r"data.eval\[1\].weight: data.eval is never sampled"):
+        mixture_recipe(["a.jsonl"], eval=["b.jsonl", {"path": "c.jsonl", "weight": 3}])
+
+
 def test_weights_whose_sum_overflows_are_refused():
     with pytest.raises(MmloraError, match=r"data.train: the weights add up to more than a number can hold"):
         mixture_recipe([{"path": "b.jsonl", "weight": 1e308}, {"path": "c.jsonl", "weight": 1e308}])
