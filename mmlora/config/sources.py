@@ -171,8 +171,8 @@ def _refuse_repeats(sources: list[DataSource]) -> None:
     for source in sources:
         key = (replace(source, label="", weight=1.0),)
         if key in seen:
-            raise MmloraError(f"{source.label}: {source.display} is already {seen[key]}; list a source once and "
-                              "give it a larger weight to draw it more often.")
+            hint = " and give it a larger weight to draw it more often" if source.label.startswith("data.train") else ""
+            raise MmloraError(f"{source.label}: {source.display} is already {seen[key]}; list a source once{hint}.")
         seen[key] = source.label
 
 

@@ -168,6 +168,8 @@ def test_recipe_refuses_a_malformed_source(entry, message):
 def test_a_weight_on_an_eval_source_is_refused():
     with pytest.raises(MmloraError, match=r"data.eval\[1\].weight: data.eval is never sampled"):
         mixture_recipe(["a.jsonl"], eval=["b.jsonl", {"path": "c.jsonl", "weight": 3}])
+    with pytest.raises(MmloraError, match=r"data.eval\[1\]: b.jsonl is already data.eval\[0\]; list a source once\.$"):
+        mixture_recipe(["a.jsonl"], eval=["b.jsonl", "b.jsonl"])
 
 
 def test_weights_whose_sum_overflows_are_refused():
