@@ -82,7 +82,8 @@ def parse_hub_id(text: str, label: str | None = None) -> tuple[str, str | None, 
     path, _, name = rest.partition(":")
     parts = (path, name, split)
     if not path or (_ and not name) or ("@" in text and not split) or any(p != p.strip() or "@" in p for p in parts):
-        raise MmloraError(f"{label + ': ' if label else ''}'{HUB_SCHEME}{text}': expected {HUB_SCHEME}ORG/NAME[:CONFIG][@SPLIT], "
+        named = f"{label}: " if label else ""
+        raise MmloraError(f"{named}'{HUB_SCHEME}{text}': expected {HUB_SCHEME}ORG/NAME[:CONFIG][@SPLIT], "
                           f"e.g. {HUB_SCHEME}HuggingFaceM4/ChartQA@train.")
     return path, name or None, split or "train"
 

@@ -21,7 +21,7 @@ from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
 )
 from mmlora.inference.inputs import ImageRules, Item, items_from_flags, read_items
-from mmlora.inference.predictions import unanswered, PredictionWriter, answered_keys, check_output, line_key
+from mmlora.inference.predictions import PredictionWriter, answered_keys, check_output, line_key, unanswered
 
 LOG_EVERY_S = 10.0
 """Off a terminal, a progress line at most this often (a bar would be noise in a log file)."""

@@ -25,10 +25,10 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from mmlora.data.samples import RowError
 from mmlora.inference.batcher import Batcher
 from mmlora.inference.engine import GenerationSettings, InferenceEngine, request_sample
-from mmlora.inference.request_checks import check_length, check_parameters, check_texts
 from mmlora.inference.openai_protocol import (
     ApiError, ChatCall, chat_chunk, chat_completion, completion_id, model_list, parse_chat_call,
 )
+from mmlora.inference.request_checks import check_length, check_parameters, check_texts
 
 log = logging.getLogger("mmlora.serve")
 
