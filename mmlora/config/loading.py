@@ -77,6 +77,11 @@ def _validate_sources(recipe: Recipe) -> None:
     for source in train + (data_sources(recipe.data.eval, "data.eval") if recipe.data.eval else []):
         if source.column_map is not None:
             parse_column_map(list(source.column_map))
+    if isinstance(recipe.data.eval, list):
+        for i, entry in enumerate(recipe.data.eval):
+            if isinstance(entry, dict) and entry.get("weight") is not None:
+                raise MmloraError(f"data.eval[{i}].weight: data.eval is never sampled (every source whole, in "
+                                  "order), so a weight would change nothing; remove it.")
     if len(train) > 1 and recipe.data.group_by_length:
         raise MmloraError("data.group_by_length cannot be combined with a mixture in data.train (the weighted "
                           "draw changes every epoch); set data.group_by_length=false or use one source.")

@@ -9,6 +9,7 @@ recipe reads back the same. See docs/data.md ("Hub datasets", "Mixtures").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,25 +75,28 @@ def resolve_bounds(bounds: tuple[int | None, int | None], model_bounds: tuple[in
     return low, high
 
 
-def parse_hub_id(text: str) -> tuple[str, str | None, str]:
-    """`ORG/NAME[:CONFIG][@SPLIT]` (without `hf:`) -> (path, config or None, split)."""
+def parse_hub_id(text: str, label: str | None = None) -> tuple[str, str | None, str]:
+    """`ORG/NAME[:CONFIG][@SPLIT]` (without `hf:`) -> (path, config or None, split); an error
+    names the recipe key `label` when given."""
     rest, _, split = text.partition("@")
     path, _, name = rest.partition(":")
-    if not path or (_ and not name) or ("@" in text and not split):
-        raise MmloraError(f"'{HUB_SCHEME}{text}': expected {HUB_SCHEME}ORG/NAME[:CONFIG][@SPLIT], "
+    parts = (path, name, split)
+    if not path or (_ and not name) or ("@" in text and not split) or any(p != p.strip() or "@" in p for p in parts):
+        named = f"{label}: " if label else ""
+        raise MmloraError(f"{named}'{HUB_SCHEME}{text}': expected {HUB_SCHEME}ORG/NAME[:CONFIG][@SPLIT], "
                           f"e.g. {HUB_SCHEME}HuggingFaceM4/ChartQA@train.")
     return path, name or None, split or "train"
 
 
 def _from_text(text: str, label: str, **extra) -> DataSource:
     if text.startswith(HUB_SCHEME):
-        path, name, split = parse_hub_id(text[len(HUB_SCHEME):])
+        path, name, split = parse_hub_id(text[len(HUB_SCHEME):], label)
         return DataSource(path, label, hub=True, name=name, split=split, **extra)
     return DataSource(text, label, **extra)
 
 
 def _positive(value: Any, key: str, where: str, kind: type) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
     if not ok or (kind is int and not isinstance(value, int)):
         raise MmloraError(f"{where}.{key}: got {value!r}, expected a positive {'integer' if kind is int else 'number'}.")
     return kind(value)
@@ -124,8 +128,8 @@ def _from_mapping(entry: dict, where: str) -> DataSource:
         extra["column_map"] = tuple(columns)
     label = where
     for key in ("name", "split"):
-        if entry.get(key) is not None and not isinstance(entry[key], str):
-            raise MmloraError(f"{where}.{key}: got {entry[key]!r}, expected a string.")
+        if entry.get(key) is not None and (not isinstance(entry[key], str) or not entry[key].strip()):
+            raise MmloraError(f"{where}.{key}: got {entry[key]!r}, expected a non-empty string (or leave it out).")
     if entry.get("name") or entry.get("split") or path.startswith(HUB_SCHEME):
         source = _from_text(path if path.startswith(HUB_SCHEME) else HUB_SCHEME + path, label, **extra)
         return replace(source, name=entry.get("name") or source.name, split=entry.get("split") or source.split)
@@ -152,9 +156,25 @@ def data_sources(value: Any, where: str = "data.train") -> list[DataSource]:
             else:
                 raise MmloraError(f"{label}: got {entry!r}, expected a path, {HUB_SCHEME}ORG/NAME or a mapping "
                                   f"with `path`.")
+        _refuse_repeats(sources)
+        if not math.isfinite(sum(source.weight for source in sources)):
+            raise MmloraError(f"{where}: the weights add up to more than a number can hold; only their ratios "
+                              "matter, so use smaller ones (e.g. 3 and 1).")
         return sources
     raise MmloraError(f"{where}: got {value!r}, expected a path, {HUB_SCHEME}ORG/NAME, a mapping with `path`, "
                       "or a list of these (a mixture).")
+
+
+def _refuse_repeats(sources: list[DataSource]) -> None:
+    """A source listed twice (same data, same settings) is a slip: its samples would count twice
+    in the epoch while its weight says otherwise."""
+    seen: dict[tuple, str] = {}
+    for source in sources:
+        key = (replace(source, label="", weight=1.0),)
+        if key in seen:
+            hint = " and give it a larger weight to draw it more often" if source.label.startswith("data.train") else ""
+            raise MmloraError(f"{source.label}: {source.display} is already {seen[key]}; list a source once{hint}.")
+        seen[key] = source.label
 
 
 def recipe_sources(value: Any, where: str) -> list[DataSource] | None:

@@ -34,6 +34,7 @@ from mmlora.data.cache_entries import mark_used
 from mmlora.data.fastmeasure import MeasuringProcessor
 from mmlora.data.loading import ImageChecker, RowResult, open_rows, row_result
 from mmlora.data.samples import RowError
+from mmlora.data.scan_guards import cache_usable, read_or_discard, unwritable
 from mmlora.data.scanstore import (
     ArrowSamples, cache_root, file_stat, encode_sample, fingerprint, images_unchanged, processor_identity, read_arrow,
 )
@@ -72,10 +73,15 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
         if found is not None:
             log.info("%s data: unchanged since its last scan, read from %s", name, final)
             return found
-        if local_rank != 0:
+        shared = cache_usable(cache_root())  # else every process scans without it (one warning)
+        if shared and local_rank != 0:
             return _wait_for_result(final, name, source, cfg.max_length)
     stale = (final / "scan.json").is_file()
-    work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=_made(cache_root()) if shared else None))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=_made(cache_root()) if shared else None))
+    except OSError as error:
+        unwritable(cache_root() if shared else Path(tempfile.gettempdir()), error, None)
+        return None
     kept = False
     try:
         if not _scan_into(work, source, cfg, processor, name, expand_captions, progress, bounds):
@@ -93,6 +99,9 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
         except OSError:  # another machine's first process, sharing this folder, was faster
             pass
         return load_result(final, name, source, cfg.max_length)
+    except OSError as error:  # a full disk, a folder gone read-only: scan in one process instead
+        unwritable(work.parent, error, final.with_suffix(".serial") if shared else None)
+        return None
     finally:
         if not kept:
             shutil.rmtree(work, ignore_errors=True)
@@ -294,7 +303,12 @@ def out_features():
 
 
 def load_result(folder: Path, name: str, source, max_length: int) -> SplitScan | None:
-    """Step 3: the SplitScan stored in `folder`, or None when there is none (or an image changed)."""
+    """Step 3: the SplitScan stored in `folder`, or None when there is none, an image changed, or
+    it is damaged (then logged and deleted: scan_guards.read_or_discard)."""
+    return read_or_discard(folder, lambda path: _read_result(path, name, source, max_length))
+
+
+def _read_result(folder: Path, name: str, source, max_length: int) -> SplitScan | None:
     import numpy as np
     import pyarrow.compute as pc
 

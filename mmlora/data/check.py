@@ -60,8 +60,21 @@ def check_recipe(recipe, processor=None, progress: bool = True) -> dict:
 
 def training_would_stop(report: dict, on_error: str) -> bool:
     """Bad rows under on_error=raise, or a split (or a mixture's source) with nothing usable."""
-    return any((split["skipped_rows"] and on_error == "raise") or not split["samples"]
-               or any(not source["samples"] for source in split.get("sources", [])) for split in report.values())
+    return bool(stop_reasons(report, on_error))
+
+
+def stop_reasons(report: dict, on_error: str) -> list[str]:
+    """Why `mmlora train` would refuse this data, one line each (none: it would not)."""
+    reasons = []
+    for name, split in report.items():
+        if split["skipped_rows"] and on_error == "raise":
+            reasons.append(f"data.{name}: {split['skipped_rows']} bad row(s) and data.on_error=raise "
+                           "(fix them, or set data.on_error=skip)")
+        if not split["samples"]:
+            reasons.append(f"data.{name}: no usable samples")
+        reasons += [f"data.{name}[{i}] ({source['source']}): no usable samples (fix or remove it)"
+                    for i, source in enumerate(split.get("sources", [])) if not source["samples"]]
+    return reasons
 
 
 def _dist(d: dict | None) -> str:
@@ -79,6 +92,7 @@ def format_check(report: dict) -> str:
         for i, source in enumerate(sources):
             pixels = "/".join("model" if source[k] is None else str(source[k]) for k in ("min_pixels", "max_pixels"))
             drawn = f", {draws[i]} per epoch" if draws and name == "train" else ""
+            drawn = drawn if source["samples"] else ", nothing to draw"
             lines += ["  " + line for line in _split_lines(
                 f"data.{name}[{i}]: {source['source']}  (weight {source['weight']:g}{drawn}; min/max_pixels {pixels})",
                 source)]
@@ -190,7 +204,9 @@ def run_data_command(action: str, recipe_names: list[str], overrides: list[str] 
         else:
             results[name] = check_recipe(recipe)
             texts.append(format_check(results[name]))
-            status = max(status, int(training_would_stop(results[name], recipe.data.on_error)))
+            stops = stop_reasons(results[name], recipe.data.on_error)
+            status = max(status, int(bool(stops)))
+            texts[-1] += "".join(f"\nmmlora train would stop: {reason}" for reason in stops)
     if as_json:
         payload = results[recipe_names[0]] if len(recipe_names) == 1 else results
         return json.dumps(payload, indent=2, ensure_ascii=False), status

@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from mmlora.config.sources import recipe_sources
+from mmlora.config.sources import DataSource, recipe_sources
 from mmlora.data.collate import encode_for_training
 from mmlora.data.loading import ImageChecker, iter_samples
 from mmlora.data.samples import RowError
@@ -71,7 +71,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """(source index, RowResult) in training order: one pass for one source; a weighted,
         endless draw for a mixture."""
         if len(self.sources) == 1:
-            for result in iter_samples(self.sources[0], self.cfg, expand_captions=True):
+            for result in self._one_pass(0):
                 yield 0, result
             return
         draw = random.Random(f"{self.seed}:stream:{self.epoch}")
@@ -82,15 +82,20 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             yield i, next(streams[i])
 
     def _endless(self, i: int):
-        source = self.sources[i]
         while True:
-            usable = False
-            for result in iter_samples(source, self.cfg, expand_captions=True):
-                usable = usable or result.problem is None
-                yield result
-            if not usable:  # a source with nothing usable would be drawn forever
-                raise MmloraError(f"{source.label} ({source.display}): no usable row in a whole pass "
-                                  f"({self.skips.summary() or 'no rows'}); fix or remove it.")
+            yield from self._one_pass(i)
+
+    def _one_pass(self, i: int):
+        """One pass over source i; MmloraError when it held no usable row (a mixture would draw
+        it forever; a single source would end training at step 0 with nothing learned)."""
+        source, usable = self.sources[i], False
+        for result in iter_samples(source, self.cfg, expand_captions=True):
+            usable = usable or result.problem is None
+            yield result
+        if not usable:
+            named = f"{source.label} ({source.display})" if isinstance(source, DataSource) else "data.train"
+            raise MmloraError(f"{named}: no usable row in a whole pass ({self.skips.summary() or 'no rows'}); "
+                              "fix or remove it (`mmlora data check RECIPE` lists every bad row).")
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

@@ -21,7 +21,7 @@ from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
 )
 from mmlora.inference.inputs import ImageRules, Item, items_from_flags, read_items
-from mmlora.inference.predictions import PredictionWriter, answered_keys, check_output, line_key
+from mmlora.inference.predictions import PredictionWriter, answered_keys, check_output, line_key, unanswered
 
 LOG_EVERY_S = 10.0
 """Off a terminal, a progress line at most this often (a bar would be noise in a log file)."""
@@ -88,7 +88,8 @@ def cmd_infer(args) -> int:
     if args.output:
         output = Path(args.output)
         keys, torn = answered_keys(output)
-        todo = [item for item in items if line_key(item.shown) not in keys]
+        todo = [items[i] for i in unanswered([line_key(item.shown) for item in items], keys, output,
+                                             args.images or "the --image request")]
         done, items = len(items) - len(todo), todo
         writer = PredictionWriter(output, torn)
     if not items and not skipped and not done:

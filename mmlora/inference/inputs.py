@@ -10,15 +10,19 @@ located at `file:line` and naming the field, for the caller to skip and count.
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmlora.data.jsonrows import jsonl_rows
 from mmlora.data.pathkinds import not_a_file
+from mmlora.data.rowtext import check_unicode
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
 from mmlora.inference.engine import Request, request_sample, resolve_images
+from mmlora.models.plaintext import SENTINELS
 
 
 @dataclass
@@ -62,6 +66,8 @@ def items_from_flags(images: list[str], prompt: str, system: str | None, rules: 
     resolved = resolve_images(images, "--image", allow_urls=rules.allow_urls)
     item = _item(resolved, images, prompt, system, "--image")
     try:
+        reserved_characters(prompt, "--prompt")
+        reserved_characters(system or "", "--system")
         request_sample(item.request, prompt_field="--prompt")  # `<image>` markers, before the model loads
     except RowError as err:
         raise MmloraError(err.detail) from None
@@ -93,25 +99,84 @@ def items_from_jsonl(path: Path, prompt: str | None, system: str | None,
 def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | None, rules: ImageRules) -> Item:
     if not isinstance(row, dict):
         raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
+    check_unicode(row)  # a lone surrogate: the tokenizer would fail on the whole batch
+    misspelt(row)
     if "image" in row and "images" in row:
         raise RowError("bad_row", "give \"image\" or \"images\", not both")
-    refs = [row["image"]] if "image" in row else row.get("images")
-    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
-        raise RowError("bad_row", "field \"image\" (a path or URL) or \"images\" (a list of them) is missing or empty")
+    refs = image_refs(row)
+    prompt_name = next((f'field "{key}"' for key in ("prompt", "question") if key in row), "--prompt")
     text = row.get("prompt", row.get("question", prompt))
+    if text is None:
+        raise RowError("missing_question", "field \"prompt\" is missing (or give --prompt for every line)")
     if not isinstance(text, str) or not text.strip():
-        raise RowError("missing_question", "field \"prompt\" is missing, empty or not text (or give --prompt for every line)")
+        raise RowError("missing_question", f"{prompt_name} is {_not_text(text)}: expected the prompt as text")
     line_system = row.get("system", system)
     if line_system is not None and not isinstance(line_system, str):
         raise RowError("bad_row", "field \"system\" must be text")
+    reserved_characters(text, prompt_name)
+    reserved_characters(line_system or "", 'field "system"' if "system" in row else "--system")
     try:
         resolved = resolve_images(refs, where, root, rules.allow_urls, rules.allow_outside_root)
     except RowError as err:
         raise RowError(err.reason, f"field \"{image_field(row)}\": {err.detail}") from None
     item = _item(resolved, refs, text, line_system, where)
     item.image_field = image_field(row)
-    request_sample(item.request)  # `<image>` markers against images, before the model loads
+    request_sample(item.request, prompt_field=prompt_name)  # `<image>` markers against images, before the model loads
     return item
+
+
+REQUEST_FIELDS = ("image", "images", "prompt", "question", "system")
+SAME_ROLE = {"image": ("image", "images"), "images": ("image", "images"), "prompt": ("prompt", "question"),
+             "question": ("prompt", "question"), "system": ("system",)}
+
+
+def misspelt(row: dict) -> None:
+    """RowError for a field that looks like a misspelt request field (`promt`, `imgae`): its
+    value would be ignored and the line answered with --prompt instead. Other fields (an id, a
+    reference answer) are left alone."""
+    for key in row:
+        if key not in REQUEST_FIELDS:
+            close = difflib.get_close_matches(key, REQUEST_FIELDS, n=1, cutoff=0.8)
+            if close and not any(field in row for field in SAME_ROLE[close[0]]):  # else it is another field
+                raise RowError("bad_row", f"field \"{key}\" is not a request field: did you mean \"{close[0]}\"?")
+
+
+def reserved_characters(text: str, field: str) -> None:
+    """RowError naming `field` when its text holds characters mmlora reserves (Unicode's
+    Supplementary Private Use Area-A, models/plaintext.py): the encoder would refuse the whole
+    batch it is in."""
+    if SENTINELS.search(text):
+        raise RowError("bad_row", f"{field} holds characters of Unicode's Supplementary Private Use Area-A "
+                                  "(U+F0000..U+FFFFD), which mmlora reserves; remove them")
+
+
+def image_refs(row: dict) -> list[str]:
+    """The image references of a JSONL line; RowError naming the field when they are missing,
+    empty or not text."""
+    if "image" not in row and "images" not in row:
+        raise RowError("bad_row", "field \"image\" (a path or URL) or \"images\" (a list of them) is missing")
+    if "image" in row:
+        if not isinstance(row["image"], str) or not row["image"].strip():
+            raise RowError("bad_row", f"field \"image\" is {_not_text(row['image'])}: expected a path or URL as text "
+                                      "(several images: \"images\", a list)")
+        return [row["image"]]
+    refs = row["images"]
+    if not isinstance(refs, list) or not refs:
+        raise RowError("bad_row", f"field \"images\" is {_not_text(refs)}: expected a non-empty list of paths or URLs")
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, str) or not ref.strip():
+            raise RowError("bad_row", f"field \"images\"[{i}] is {_not_text(ref)}: expected a path or URL as text")
+    return refs
+
+
+def _not_text(value) -> str:
+    """How a field that should be text is wrong, for an error: `empty`, or `5 (a number)`."""
+    if isinstance(value, str) and value.strip():
+        return f"{json.dumps(value)[:40]} (text)"
+    if isinstance(value, str) or value is None or value == []:
+        return "empty"
+    kinds = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{json.dumps(value)[:40]} ({kinds.get(type(value), type(value).__name__)})"
 
 
 def image_field(row: dict) -> str:

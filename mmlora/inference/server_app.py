@@ -30,6 +30,7 @@ from mmlora.inference.openai_protocol import (
     ApiError, ChatCall, chat_chunk, chat_completion, completion_id, finish_reason, model_list, parse_chat_call,
     usage_chunk,
 )
+from mmlora.inference.request_checks import check_length, check_parameters, check_texts
 
 log = logging.getLogger("mmlora.serve")
 
@@ -58,8 +59,12 @@ def stream_events(engine: InferenceEngine, call: ChatCall):
     yield sse("[DONE]")
 
 
-def _parse(body, served: str, allow_urls: bool) -> ChatCall:
+def _parse(body, served: str, allow_urls: bool, engine: InferenceEngine | None = None) -> ChatCall:
     call = parse_chat_call(body, served, allow_urls)
+    check_parameters(body)
+    check_texts(body, call.request)
+    if engine is not None:
+        check_length(engine, call.request, call.settings)
     try:
         request_sample(call.request, "the last user message")  # a 400 here, not a failed batch
     except RowError as err:
@@ -108,10 +113,10 @@ def build_app(engine: InferenceEngine, served: str, allow_urls: bool = False, ui
     async def chat_completions(http: HttpRequest):
         try:
             body = json.loads(await http.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
             raise ApiError(400, f"The request body is not valid JSON ({err}).") from None
         # Images are decoded (and URLs fetched) off the event loop.
-        call = await run_in_threadpool(_parse, body, served, allow_urls)
+        call = await run_in_threadpool(_parse, body, served, allow_urls, engine)
         if call.stream:
             return StreamingResponse(stream_events(engine, call), media_type="text/event-stream")
         answer = await asyncio.wrap_future(batcher.submit(call.request, call.settings))

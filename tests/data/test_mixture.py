@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmlora.config.loading import recipe_from_dict
-from mmlora.data.check import check_recipe, format_check, preview_samples, training_would_stop
+from mmlora.data.check import run_data_command, check_recipe, format_check, preview_samples, training_would_stop
 from mmlora.data.collate import generation_batch
 from mmlora.data.loading import load_samples
 from mmlora.data.mixture import epoch_order, source_counts
@@ -150,10 +150,43 @@ def test_a_bad_source_is_named(two_sources, tmp_path, processor):
     ({"path": "a.jsonl", "min_pixels": 5000, "max_pixels": 4000}, r"data.train\[1\]: min_pixels \(5000\) is larger"),
     ({"path": "a.jsonl", "format": "csv"}, r"data.train\[1\].format: got 'csv'"),
     ({"weight": 2}, r"data.train\[1\]: needs `path`"),
+    ({"path": "a.jsonl", "weight": float("inf")}, r"data.train\[1\].weight: got inf, expected a positive number"),
+    ("b.jsonl", r": data.train\[1\]: b.jsonl is already data.train\[0\]; list a source once and give it a larger weight"),
+    ({"path": "b.jsonl", "weight": 3}, r": data.train\[1\]: b.jsonl is already data.train\[0\]"),
+    ("hf:", r": data.train\[1\]: 'hf:': expected hf:ORG/NAME\[:CONFIG\]\[@SPLIT\]"),
+    ("hf:a/b@", r": data.train\[1\]: 'hf:a/b@': expected"),
+    ("hf:a/b:", r": data.train\[1\]: 'hf:a/b:': expected"),
+    ("hf:a/b@x@y", r": data.train\[1\]: 'hf:a/b@x@y': expected"),
+    ("hf: a/b", r": data.train\[1\]: 'hf: a/b': expected"),
+    ({"path": "hf:a/b", "split": ""}, r": data.train\[1\].split: got '', expected a non-empty string"),
 ])
 def test_recipe_refuses_a_malformed_source(entry, message):
     with pytest.raises(MmloraError, match=message):
         mixture_recipe(["b.jsonl", entry])
+
+
+def test_a_weight_on_an_eval_source_is_refused():
+    with pytest.raises(MmloraError, match=r"data.eval\[1\].weight: data.eval is never sampled"):
+        mixture_recipe(["a.jsonl"], eval=["b.jsonl", {"path": "c.jsonl", "weight": 3}])
+    with pytest.raises(MmloraError, match=r"data.eval\[1\]: b.jsonl is already data.eval\[0\]; list a source once\.$"):
+        mixture_recipe(["a.jsonl"], eval=["b.jsonl", "b.jsonl"])
+
+
+def test_weights_whose_sum_overflows_are_refused():
+    with pytest.raises(MmloraError, match=r"data.train: the weights add up to more than a number can hold"):
+        mixture_recipe([{"path": "b.jsonl", "weight": 1e308}, {"path": "c.jsonl", "weight": 1e308}])
+
+
+def test_data_check_says_why_it_exits_1_and_draws_nothing_from_an_empty_source(two_sources, tmp_path):
+    docs, _ = two_sources
+    gone = write_rows(tmp_path / "gone.jsonl", [{"image": "gone.png", "question": "Q?", "answer": "b"}])
+    text, status = run_data_command("check", ["tiny_vqa"], [f"data.train=[{docs}, {gone}]", "data.eval=null"])
+    assert status == 1
+    assert f"data.train[1]: {gone}  (weight 1, nothing to draw;" in text
+    assert text.splitlines()[-2:] == [
+        "mmlora train would stop: data.train: 1 bad row(s) and data.on_error=raise (fix them, or set "
+        "data.on_error=skip)",
+        f"mmlora train would stop: data.train[1] ({gone}): no usable samples (fix or remove it)"]
 
 
 def test_group_by_length_is_refused_with_a_mixture():

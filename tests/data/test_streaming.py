@@ -76,7 +76,17 @@ def test_nothing_is_read_before_iteration(tmp_path, processor):
     r = recipe(str(tmp_path / "later.jsonl"))
     dataset = StreamingDataset(r.data.train, processor, r.data, seed=0)  # the file does not exist yet
     (tmp_path / "later.jsonl").write_text("")
-    assert list(dataset) == []
+    with pytest.raises(MmloraError, match=r"^data.train \(.*later.jsonl\): no usable row in a whole pass \(no rows\)"):
+        list(dataset)  # read now: an empty source is an error, not a run that trains nothing
+
+
+def test_a_single_source_with_no_usable_row_stops_instead_of_training_nothing(tmp_path, processor):
+    rows = [{"image": "gone.png", "question": Q, "answer": "red"}, {"image": "gone.png", "question": Q}]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    r = recipe(str(tmp_path / "bad.jsonl"), on_error="skip")
+    with pytest.raises(MmloraError, match=r"^data.train \(.*bad.jsonl\): no usable row in a whole pass "
+                                          r"\(missing_answer 1, missing_image 1\); fix or remove it"):
+        list(StreamingDataset(r.data.train, processor, r.data, seed=0))
 
 
 def test_a_mixture_is_drawn_by_weight(rows_file, tmp_path, processor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,8 @@ from mmlora.cli import main
 from mmlora.config.paths import assets_dir
 from mmlora.errors import MmloraError
 from mmlora.inference.engine import GenerationSettings, InferenceEngine, Request
-from mmlora.inference.predictions import answered_keys
+from mmlora.inference.inputs import ImageRules, items_from_jsonl
+from mmlora.inference.predictions import PredictionWriter, answered_keys, line_key, unanswered
 
 SHAPES = ["blue_circle_black_112x112.png", "blue_circle_black_112x168.png", "blue_circle_black_140x112.png"]
 
@@ -39,11 +41,11 @@ BAD = [  # (line, the located message expected in the log)
     ('{"image": "imgs/missing.png", "prompt": "x"}', 'q.jsonl:4: field "image": image \'imgs/missing.png\' not found'),
     ("not json", "q.jsonl:5: not a valid JSON line"),
     ('{"image": "../a.png", "prompt": "x"}', 'q.jsonl:6: field "image": image \'../a.png\' is outside'),
-    ('{"image": "imgs/broken.png"}', 'q.jsonl:7: field "prompt" is missing, empty or not text'),
+    ('{"image": "imgs/broken.png"}', 'q.jsonl:7: field "prompt" is missing (or give --prompt'),
     ('{"image": "imgs/broken.png", "prompt": "x"}', 'q.jsonl:8: field "image": cannot read image'),
     ('{"image": "http://example.com/a.png", "prompt": "x"}', 'q.jsonl:9: field "image": image '
                                                              "'http://example.com/a.png' is a URL; fetching URLs is off"),
-    ('{"image": "imgs/broken.png", "prompt": "<image> <image>"}', "q.jsonl:10: prompt has 2 <image> marker(s)"),
+    ('{"image": "imgs/broken.png", "prompt": "<image> <image>"}', 'q.jsonl:10: field "prompt" has 2 <image> marker(s)'),
 ]
 
 
@@ -148,3 +150,87 @@ def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extr
     assert main(["infer", "--model", "tiny/qwen2-vl", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mmlora: error: ") and message in err[0], err
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"image": 5, "prompt": "x"}', 'field "image" is 5 (a number): expected a path or URL as text'),
+    ('{"images": ["a.png", 3], "prompt": "x"}', 'field "images"[1] is 3 (a number): expected a path or URL'),
+    ('{"images": "a.png", "prompt": "x"}', 'field "images" is "a.png" (text): expected a non-empty list'),
+    ('{"images": [], "prompt": "x"}', 'field "images" is empty: expected a non-empty list'),
+    ('{"image": "", "prompt": "x"}', 'field "image" is empty: expected a path or URL as text'),
+    ('{"prompt": "x"}', 'field "image" (a path or URL) or "images" (a list of them) is missing'),
+    ('["a.png", "x"]', 'expected a JSON object with "image" and "prompt", got list'),
+    ('{"image": "a.png", "prompt": ["x"]}', 'field "prompt" is ["x"] (a list): expected the prompt as text'),
+    ('{"image": "a.png", "question": 7}', 'field "question" is 7 (a number): expected the prompt as text'),
+    ('{"image": "a.png", "prompt": "  "}', 'field "prompt" is empty: expected the prompt as text'),
+    ('{"image": "a.png", "question": "<image> <image>"}', 'field "question" has 2 <image> marker(s) but there is 1'),
+    ('{"image": "a.png", "promt": "What color?"}', 'field "promt" is not a request field: did you mean "prompt"?'),
+    ('{"imgae": "a.png", "prompt": "x"}', 'field "imgae" is not a request field: did you mean "image"?'),
+    # text the encoder refuses: skipped as its line, not a failed batch
+    ('{"image": "a.png", "prompt": "sur \\ud800 x"}', "field 'prompt' holds a lone surrogate \\ud800 at character 5"),
+    ('{"image": "a.png", "prompt": "x", "system": "\\udb80\\udc01"}', 'field "system" holds characters of '
+                                                                   "Unicode's Supplementary Private Use Area-A"),
+])
+def test_a_bad_jsonl_line_names_its_field_and_what_is_wrong(tmp_path, line, message):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "q.jsonl").write_text(line + "\n")
+    (found,) = items_from_jsonl(tmp_path / "q.jsonl", "the --prompt default", None, ImageRules())
+    assert str(found).startswith(f"{tmp_path / 'q.jsonl'}:1: {message}")
+
+
+def test_other_fields_of_a_line_are_left_alone(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    line = {"image": "a.png", "question": "Which?", "question_id": 7, "answers": ["red"], "id": "x1"}
+    (tmp_path / "q.jsonl").write_text(json.dumps(line) + "\n")
+    (found,) = items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules())
+    assert found.shown == {"image": "a.png", "prompt": "Which?"}
+
+
+def test_resume_answers_a_request_asked_twice_twice(tmp_path):
+    out = tmp_path / "preds.jsonl"
+    out.write_text(json.dumps({"image": "a.png", "prompt": "x", "prediction": "red"}) + "\n")
+    keys, torn = answered_keys(out)
+    same = json.dumps({"image": "a.png", "images": None, "prompt": "x", "system": None}, sort_keys=True)
+    other = json.dumps({"image": "b.png", "images": None, "prompt": "x", "system": None}, sort_keys=True)
+    assert unanswered([same, other, same], keys, out, "q.jsonl") == [1, 2]
+
+
+def test_resume_refuses_the_answers_of_another_input_and_warns_of_stray_lines(workdir, capsys):
+    write_requests(workdir / "q.jsonl")
+    (workdir / "other.jsonl").write_text(json.dumps({"image": "elsewhere.png", "prompt": "?", "prediction": "a"}) + "\n")
+    code = main(["infer", "--model", "tiny/qwen2-vl", "--images", "q.jsonl", "--output", "other.jsonl", "--resume"])
+    assert code == 2  # before any weights load
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "mmlora: error: --output other.jsonl: 1 of its 1 answer line(s) (first: line 1) match no request of q.jsonl, "
+        "so it answers another input (or another --prompt / --system); choose another --output for this one.")
+    first = json.dumps({"image": GOOD[0]["image"], "prompt": GOOD[0]["prompt"], "prediction": "x"})
+    (workdir / "mixed.jsonl").write_text(first + "\n" + (workdir / "other.jsonl").read_text())
+    keys, _ = answered_keys(workdir / "mixed.jsonl")
+    requests = [line_key(GOOD[0]), line_key(GOOD[1])]
+    assert unanswered(requests, keys, workdir / "mixed.jsonl", "q.jsonl") == [1]
+    assert capsys.readouterr().err.strip() == (
+        f"mmlora: --output {workdir / 'mixed.jsonl'}: 1 of its 2 answer line(s) (first: line 2) match no request of "
+        "q.jsonl (the input was edited?); they are kept.")
+
+
+def test_an_output_under_a_file_says_it_is_a_file(tmp_path):
+    from mmlora.inference.predictions import check_output
+
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(MmloraError, match=r"^--output .*a.png/out.jsonl: .*a.png is a file, not a folder"):
+        check_output(tmp_path / "a.png" / "out.jsonl", resume=False)
+
+
+def test_a_full_disk_while_writing_answers_is_one_line_saying_how_to_continue():
+    writer = PredictionWriter(Path("/dev/full"))  # every write fails: no space left on device
+    with pytest.raises(MmloraError, match=r"^--output /dev/full: writing answers failed \(No space left on device\) "
+                                          r"after 0 line\(s\) of this run; make room and rerun with --resume"):
+        writer.write([{"image": "a.png", "prompt": "x", "prediction": "red"}])
+    writer.close()
+
+
+def test_a_prompt_flag_with_reserved_characters_is_refused_before_the_model_loads(demo_image):
+    from mmlora.inference.inputs import items_from_flags
+
+    with pytest.raises(MmloraError, match=r"^--prompt holds characters of Unicode's Supplementary Private Use Area-A"):
+        items_from_flags([str(demo_image)], "what \U000F0001 is it", None, ImageRules())

@@ -189,6 +189,17 @@ def post(server, body, path="/v1/chat/completions") -> tuple[int, dict]:
     ({"messages": ask("<image> and <image>")}, 400, "messages", "2 <image> marker(s) but there are 0 image(s)"),
     ({"messages": [{"role": "tool", "content": "x"}]}, 400, "messages", "role must be system, user or assistant"),
     (b"{not json", 400, None, "not valid JSON"),
+    (b'{"messages": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None, "not valid JSON"),  # deep nesting
+    (b'{"messages": [], "max_tokens": ' + b"9" * 5000 + b"}", 400, None, "not valid JSON"),  # a 5000-digit number
+    ({"messages": ask("Hi"), "max_token": 2}, 400, "max_token",
+     "Unrecognized request argument supplied: max_token; did you mean 'max_tokens'?"),
+    ({"messages": ask("Hi"), "frequency_penalty": 1.5}, 400, "frequency_penalty", "other than 0 is not supported"),
+    ({"messages": ask("a\ud800b")}, 400, "messages", "messages[0].content[0].text: holds a lone surrogate \\ud800"),
+    ({"messages": ask("a\U000F0001b")}, 400, "messages", "the last user message: holds characters of Unicode's "
+                                                           "Supplementary Private Use Area-A"),
+    ({"messages": ask("word " * 1100), "max_tokens": 1}, 400, "messages",  # the tiny model's context: 4096
+     "text tokens (images add more) and max_tokens is 1: more than the model's context of 4096 tokens"),
+    ({"messages": ask("Hi"), "max_tokens": 1 << 20}, 400, "messages", "more than the model's context of 4096 tokens"),
 ])
 def test_errors_answer_in_openai_shape(server, body, status, param, message):
     code, answer = post(server, body)
@@ -196,6 +207,7 @@ def test_errors_answer_in_openai_shape(server, body, status, param, message):
     assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "param", "code"}
     assert answer["error"]["param"] == param and message in answer["error"]["message"], answer
     assert answer["error"]["type"] == "invalid_request_error"
+    assert post(server, {"messages": ask("Hi"), "max_tokens": 1})[0] == 200  # and the server serves on
 
 
 def test_client_raises_the_matching_openai_errors(client, server):
@@ -204,6 +216,10 @@ def test_client_raises_the_matching_openai_errors(client, server):
     with pytest.raises(openai.BadRequestError, match="must be a data URL"):
         client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}]}])
+    with pytest.raises(openai.BadRequestError, match="'presence_penalty' other than 0 is not supported"):
+        client.chat.completions.create(model=SERVED, messages=ask("Hi"), presence_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: max_token"):
+        client.chat.completions.create(model=SERVED, messages=ask("Hi"), extra_body={"max_token": 2})
     code, answer = post(server, {}, "/v1/nothing-here")
     assert code == 404 and answer["error"]["type"] == "not_found_error"
     assert answer["error"]["message"].startswith("Not Found: POST /v1/nothing-here. This server answers GET /v1/models")
