@@ -49,7 +49,7 @@ def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("mmlora: error")]
-    assert len(errors) == 1 and "Hugging Face Hub" in errors[0] and "local directory" in errors[0]
+    assert len(errors) == 1 and "Hugging Face Hub" in errors[0] and "is no local folder" in errors[0]
     assert "Traceback" not in result.stderr
 
 
