@@ -257,3 +257,51 @@ def test_the_measuring_processor_renders_and_tokenises_as_the_processor(name):
     if name == "tiny/qwen2-vl":  # the fast paths were taken, not only fallen back from
         assert fast.encode != processor.tokenize and fast.collapse
         assert all(skeleton is not False for skeleton in fast.skeletons.values())
+
+
+def messy_jsonl(root, name: str, crlf: bool) -> bytes:
+    """JSON Lines as real exports write them: a UTF-8 BOM, blank lines, a bad JSON line, a
+    line with Latin-1 bytes, a BOM inside (files concatenated), deep nesting, no final newline."""
+    end = b"\r\n" if crlf else b"\n"
+    good = [json.dumps(r).encode() for r in varied_rows()[:4]]
+    lines = [b"\xef\xbb\xbf" + good[0], b"", good[1], b"   ", b'{"image": "a.png", "question": "unclosed',
+             b'{"image": "a.png", "question": "caf\xe9?", "answer": "x"}', b"\xef\xbb\xbf" + good[2],
+             b"[" * 100_000, b"\t", good[3]]
+    (root / name).write_bytes(end.join(lines))  # the last line without a line end
+    return end.join(lines)
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_json_lines_parsed_in_the_workers_give_the_readers_rows_and_located_errors(data, processor, crlf):
+    from mmlora.data.jsonrows import RawLine, jsonl_rows, parse_line
+
+    name = f"messy{'-crlf' if crlf else ''}.jsonl"
+    messy_jsonl(data, name, crlf)
+    raw = list(jsonl_rows(data / name, raw=True))
+    assert isinstance(raw[0][1], dict) and all(isinstance(row, RawLine) for _, row in raw[1:3] + raw[-1:])
+
+    def parsed(row):
+        if isinstance(row, RawLine):
+            try:
+                row = parse_line(row)
+            except Exception as err:  # noqa: BLE001 - the error the reader would have yielded
+                row = err
+        return (row.reason, row.detail) if isinstance(row, Exception) else row
+
+    assert [(w, parsed(r)) for w, r in raw] == [(w, parsed(r)) for w, r in jsonl_rows(data / name)]
+    cfg = DataConfig(train="x", on_error="skip", max_length=300, num_proc=2)
+    arrow = scan_split(str(data / name), cfg, processor, progress=False)
+    assert isinstance(arrow.samples, ArrowSamples)
+    assert findings(arrow) == findings(scan_serially(str(data / name), cfg, processor, progress=False))
+    assert [(p.reason, p.where) for p in arrow.problems] == [
+        ("malformed_json", f"{data / name}:5"), ("not_utf8", f"{data / name}:6"), ("malformed_json", f"{data / name}:8")]
+    assert arrow.rows == 7 and len(arrow.samples) == 6  # 4 good rows, one of them with 3 captions
+
+
+def test_a_pretty_printed_json_lines_file_is_still_read_as_one_document(data, processor):
+    rows = varied_rows()[:3]
+    (data / "pretty.jsonl").write_text(json.dumps(rows, indent=2))
+    cfg = DataConfig(train="x", on_error="skip", max_length=300)
+    arrow = scan_split(str(data / "pretty.jsonl"), cfg, processor, progress=False)
+    assert findings(arrow) == findings(scan_serially(str(data / "pretty.jsonl"), cfg, processor, progress=False))
+    assert arrow.rows == 3 and not arrow.problems
