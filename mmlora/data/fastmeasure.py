@@ -17,7 +17,9 @@ are found:
   change a text (trim it, test what it says) would break that, so a shape is used only after its
   skeleton rebuilt the real render of the sample that made it and of a probe with whitespace
   and markers of its own at both ends of each text; otherwise that shape is rendered whole;
-- `tokenize` tokenises the text with each run of the visual token collapsed to one token, then
+- `tokenize` encodes the text piece by piece between added tokens, each distinct piece once
+  (piecewise.PiecewiseEncoder, where the tokenizer passes its checks); otherwise it tokenises
+  the text with each run of the visual token collapsed to one token, then
   writes the run back out (ids and character offsets), calling the Rust tokenizer directly
   (transformers' call wrapper cost as much as the tokenisation). This is exact because that token is an
   added special token, which the tokenizer splits off before anything else: each copy is one
@@ -31,6 +33,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 
+from mmlora.data.piecewise import PiecewiseEncoder
 from mmlora.models.plaintext import SENTINELS, Tokenized
 
 MEMO_LIMIT = 8192
@@ -46,7 +49,10 @@ class MeasuringProcessor:
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
         self.encode = self._direct_encoder()
-        self.collapse = self._collapse_matches()
+        backend = getattr(processor.tokenizer, "backend_tokenizer", None)
+        self.piecewise = PiecewiseEncoder.checked(backend, processor.tokenize, self.feature) \
+            if self.encode is not processor.tokenize else None  # the Rust tokenizer gives the processor's answers
+        self.collapse = self.piecewise is None and self._collapse_matches()
 
     def __getattr__(self, name):  # everything else is the real processor's
         return getattr(self.processor, name)
@@ -107,6 +113,8 @@ class MeasuringProcessor:
         return pieces
 
     def tokenize(self, text: str) -> Tokenized:
+        if self.piecewise is not None and not SENTINELS.search(text):
+            return self.piecewise(text)
         if self.collapse and not SENTINELS.search(text):
             collapsed = self._collapsed(text)
             if collapsed is not None:

@@ -255,7 +255,8 @@ def test_the_measuring_processor_renders_and_tokenises_as_the_processor(name):
                 expanded = expected.replace(image, image * 3)
                 assert fast.tokenize(expanded) == processor.tokenize(expanded)
     if name == "tiny/qwen2-vl":  # the fast paths were taken, not only fallen back from
-        assert fast.encode != processor.tokenize and fast.collapse
+        assert fast.encode != processor.tokenize and fast.piecewise is not None and fast.piecewise.run == image
+        assert not fast.collapse and len(fast.piecewise.pieces) > 10  # pieces remembered, runs written out
         assert all(skeleton is not False for skeleton in fast.skeletons.values())
 
 
