@@ -219,11 +219,11 @@ class RowScanner:
 
     def __init__(self, processor, cfg, column_map, opened, expand_captions: bool, name: str, bounds=None):
         self.processor, self.cfg, self.column_map, self.opened = processor, cfg, column_map, opened
-        self.bounds = bounds
+        self.bounds, self.schema = bounds, None
         self.expand_captions, self.name, self.tools, self.seen, self.resolved = expand_captions, name, None, set(), {}
 
     def __getstate__(self):  # a fresh worker builds its own caches
-        return {**self.__dict__, "tools": None, "seen": set(), "resolved": {}}
+        return {**self.__dict__, "tools": None, "seen": set(), "resolved": {}, "schema": None}
 
     def __call__(self, batch: dict) -> dict:
         if self.tools is None:
@@ -245,7 +245,16 @@ class RowScanner:
             scan_row(part, result, measuring, self.cfg, inspect, count_tokens)
             for column, value in self._columns(part, files).items():
                 out[column].append(value)
-        return out
+        # As an Arrow table of the declared types: `datasets` then writes it as it is, instead of
+        # inspecting and converting every value of a dict of lists.
+        return self.schema_table(out)
+
+    def schema_table(self, columns: dict):
+        import pyarrow as pa
+
+        if self.schema is None:
+            self.schema = out_features().arrow_schema
+        return pa.Table.from_pydict(columns, schema=self.schema)
 
     def _new_files(self, result: RowResult) -> list[str]:
         """[path, size, mtime] of image files this process meets for the first time."""

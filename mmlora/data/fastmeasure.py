@@ -44,7 +44,7 @@ class MeasuringProcessor:
     """An ImageTextProcessor whose `render` and `tokenize` are faster with the same results."""
 
     def __init__(self, processor):
-        self.processor, self.rendered, self.skeletons, self.escaped = processor, {}, {}, {}
+        self.processor, self.rendered, self.skeletons, self.escaped, self.keys = processor, {}, {}, {}, {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
@@ -58,7 +58,7 @@ class MeasuringProcessor:
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        keyed = _shape_key(messages)
+        keyed = self._keyed(messages)
         # equal keys: equal messages (the shape's key and the texts themselves)
         key = (keyed[0], tuple(keyed[1]), add_generation_prompt) if keyed else (repr(messages), add_generation_prompt)
         text = self.rendered.get(key)
@@ -67,6 +67,20 @@ class MeasuringProcessor:
                 self.rendered.clear()
             text = self.rendered[key] = self._render(messages, keyed, add_generation_prompt)
         return text
+
+    def _keyed(self, messages: list[dict]):
+        """`_shape_key(messages)`, remembered for the list object itself a short while: collate
+        renders one sample's messages three times over (tokens, answer spans, image end), and the
+        scan never changes a sample's messages once built. The entry holds the list, so its id
+        cannot stand for another list meanwhile."""
+        found = self.keys.get(id(messages))
+        if found is not None and found[0] is messages:
+            return found[1]
+        if len(self.keys) >= 16:
+            self.keys.clear()
+        keyed = _shape_key(messages)
+        self.keys[id(messages)] = (messages, keyed)
+        return keyed
 
     def _render(self, messages: list[dict], keyed, add_generation_prompt: bool) -> str:
         """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
