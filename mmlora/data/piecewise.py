@@ -30,7 +30,7 @@ class PiecewiseEncoder:
     """Text -> Tokenized (ids, character offsets) as `backend.encode(text, add_special_tokens=False)`."""
 
     def __init__(self, backend, added: dict[str, int], feature: str):
-        self.backend, self.ids, self.pieces = backend, added, {}
+        self.backend, self.ids, self.pieces, self.placed = backend, added, {}, {}
         # The longest token at the leftmost place, as the tokenizer's own matcher takes it; a run
         # of the visual token as one match, unless another token starts with it (a run could
         # then end in that token).
@@ -67,22 +67,43 @@ class PiecewiseEncoder:
             if start > last:
                 self._add(text[last:start], last, ids, offsets)
             token = match.group()
-            if token not in self.ids:  # a run of the visual token
-                token = self.run
-            width = len(token)
-            ids += [self.ids[token]] * ((end - start) // width)
-            offsets += zip(range(start, end, width), range(start + width, end + width, width))
+            if token in self.ids:
+                ids.append(self.ids[token])
+                offsets.append((start, end))
+            else:  # a run of the visual token
+                run_ids, run_offsets = self._run(start, end)
+                ids += run_ids
+                offsets += run_offsets
             last = end
         if last < len(text):
             self._add(text[last:], last, ids, offsets)
         return Tokenized(ids, offsets, text)
 
-    def _add(self, piece: str, shift: int, ids: list, offsets: list) -> None:
-        found = self.pieces.get(piece)
+    def _run(self, start: int, end: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids and offsets of a run of the visual token, remembered by place (runs recur at
+        the same place: after the same template text, for images of the same size)."""
+        found = self.placed.get((start, end))
         if found is None:
-            if len(self.pieces) >= PIECES_LIMIT:
-                self.pieces.clear()
-            encoding = self.backend.encode(piece, add_special_tokens=False)
-            found = self.pieces[piece] = (encoding.ids, encoding.offsets)
-        ids += found[0]
-        offsets += [(a + shift, b + shift) for a, b in found[1]]
+            if len(self.placed) >= PIECES_LIMIT:
+                self.placed.clear()
+            width = len(self.run)
+            found = self.placed[(start, end)] = ([self.ids[self.run]] * ((end - start) // width), list(
+                zip(range(start, end, width), range(start + width, end + width, width))))
+        return found
+
+    def _add(self, piece: str, shift: int, ids: list, offsets: list) -> None:
+        """The tokens of a piece that starts at `shift` in the text: remembered at that place
+        (template pieces recur at the same places), else from the piece's own remembered tokens."""
+        placed = self.placed.get((piece, shift))
+        if placed is None:
+            found = self.pieces.get(piece)
+            if found is None:
+                if len(self.pieces) >= PIECES_LIMIT:
+                    self.pieces.clear()
+                encoding = self.backend.encode(piece, add_special_tokens=False)
+                found = self.pieces[piece] = (encoding.ids, encoding.offsets)
+            if len(self.placed) >= PIECES_LIMIT:
+                self.placed.clear()
+            placed = self.placed[(piece, shift)] = (found[0], [(a + shift, b + shift) for a, b in found[1]])
+        ids += placed[0]
+        offsets += placed[1]
