@@ -44,7 +44,12 @@ class MeasuringProcessor:
     """An ImageTextProcessor whose `render` and `tokenize` are faster with the same results."""
 
     def __init__(self, processor):
-        self.processor, self.rendered, self.skeletons, self.escaped, self.keys = processor, {}, {}, {}, {}
+        self.processor, self.rendered, self.skeletons, self.escaped = processor, {}, {}, {}
+        # id(messages) -> (messages, their shape key, their renders): collate renders one sample's
+        # messages three times over (tokens, answer spans, image end), and the scan never changes a
+        # sample's messages once built. An entry holds its list, so the id cannot stand for
+        # another list meanwhile; a few recent lists are kept.
+        self.recent = {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
@@ -58,7 +63,15 @@ class MeasuringProcessor:
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        keyed = self._keyed(messages)
+        recent = self.recent.get(id(messages))
+        if recent is None or recent[0] is not messages:  # see `recent` in __init__
+            if len(self.recent) >= 16:
+                self.recent.clear()
+            recent = self.recent[id(messages)] = (messages, _shape_key(messages), {})
+        _, keyed, texts = recent
+        text = texts.get(add_generation_prompt)
+        if text is not None:
+            return text
         # equal keys: equal messages (the shape's key and the texts themselves)
         key = (keyed[0], tuple(keyed[1]), add_generation_prompt) if keyed else (repr(messages), add_generation_prompt)
         text = self.rendered.get(key)
@@ -66,21 +79,8 @@ class MeasuringProcessor:
             if len(self.rendered) >= MEMO_LIMIT:
                 self.rendered.clear()
             text = self.rendered[key] = self._render(messages, keyed, add_generation_prompt)
+        texts[add_generation_prompt] = text
         return text
-
-    def _keyed(self, messages: list[dict]):
-        """`_shape_key(messages)`, remembered for the list object itself a short while: collate
-        renders one sample's messages three times over (tokens, answer spans, image end), and the
-        scan never changes a sample's messages once built. The entry holds the list, so its id
-        cannot stand for another list meanwhile."""
-        found = self.keys.get(id(messages))
-        if found is not None and found[0] is messages:
-            return found[1]
-        if len(self.keys) >= 16:
-            self.keys.clear()
-        keyed = _shape_key(messages)
-        self.keys[id(messages)] = (messages, keyed)
-        return keyed
 
     def _render(self, messages: list[dict], keyed, add_generation_prompt: bool) -> str:
         """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
