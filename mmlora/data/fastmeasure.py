@@ -49,7 +49,7 @@ class MeasuringProcessor:
         # messages three times over (tokens, answer spans, image end), and the scan never changes a
         # sample's messages once built. An entry holds its list, so the id cannot stand for
         # another list meanwhile; a few recent lists are kept.
-        self.recent = {}
+        self.recent, self.message_keys = {}, {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
@@ -67,7 +67,7 @@ class MeasuringProcessor:
         if recent is None or recent[0] is not messages:  # see `recent` in __init__
             if len(self.recent) >= 16:
                 self.recent.clear()
-            recent = self.recent[id(messages)] = (messages, _shape_key(messages), {})
+            recent = self.recent[id(messages)] = (messages, _shape_key(messages, self._message_key), {})
         _, keyed, texts = recent
         text = texts.get(add_generation_prompt)
         if text is not None:
@@ -81,6 +81,16 @@ class MeasuringProcessor:
             text = self.rendered[key] = self._render(messages, keyed, add_generation_prompt)
         texts[add_generation_prompt] = text
         return text
+
+    def _message_key(self, message) -> tuple[list, list[str]] | None:
+        """`_message_key`, remembered for the message object a short while (a sample's prefix
+        renders are new lists of the same messages; see `recent`)."""
+        found = self.message_keys.get(id(message))
+        if found is None or found[0] is not message:
+            if len(self.message_keys) >= 64:
+                self.message_keys.clear()
+            found = self.message_keys[id(message)] = (message, _message_key(message))
+        return found[1]
 
     def _render(self, messages: list[dict], keyed, add_generation_prompt: bool) -> str:
         """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
@@ -204,36 +214,45 @@ MARK = "\ue000{}\ue001"
 MARK_PATTERN = "\ue000[^\ue001]*\ue001"
 
 
-def _shape_key(messages: list[dict]) -> tuple[tuple, list[str]] | None:
+def _shape_key(messages: list[dict], message_key=None) -> tuple[tuple, list[str]] | None:
     """(a key of everything in `messages` but the texts of text parts, those texts in order);
-    None when a message is not a role/content mapping with text parts the shape can hold."""
+    None when a message is not a role/content mapping with text parts the shape can hold.
+    `message_key`: `_message_key` or a function giving the same (one that remembers)."""
     key, texts = [], []
     for message in messages:
-        if type(message) is not dict or "content" not in message:
+        part = (message_key or _message_key)(message)
+        if part is None:
             return None
-        role = message.get("role")
-        key.append(("role", role) if len(message) == 2 and type(role) is str else
-                   ("message", repr({k: v for k, v in message.items() if k != "content"})))
-        content = message["content"]
-        if type(content) is str:
-            key.append("text")
-            texts.append(content)
-            continue
-        if type(content) is not list:
-            return None
-        for part in content:
-            if type(part) is not dict:
-                return None
-            if part.get("type") != "text":
-                key.append(("part", repr(part)))
-                continue
-            if type(part.get("text")) is not str:
-                return None
-            key.append("text" if len(part) == 2 else
-                       ("text part", repr({k: v for k, v in part.items() if k != "text"})))
-            texts.append(part["text"])
-        key.append(None)  # the message's end
+        key += part[0]
+        texts += part[1]
     return tuple(key), texts
+
+
+def _message_key(message) -> tuple[list, list[str]] | None:
+    """One message's part of `_shape_key`."""
+    if type(message) is not dict or "content" not in message:
+        return None
+    role = message.get("role")
+    key = [("role", role) if len(message) == 2 and type(role) is str else
+           ("message", repr({k: v for k, v in message.items() if k != "content"}))]
+    content = message["content"]
+    if type(content) is str:
+        return key + ["text"], [content]
+    if type(content) is not list:
+        return None
+    texts = []
+    for part in content:
+        if type(part) is not dict:
+            return None
+        if part.get("type") != "text":
+            key.append(("part", repr(part)))
+            continue
+        if type(part.get("text")) is not str:
+            return None
+        key.append("text" if len(part) == 2 else ("text part", repr({k: v for k, v in part.items() if k != "text"})))
+        texts.append(part["text"])
+    key.append(None)  # the message's end
+    return key, texts
 
 
 def _shape(messages: list[dict]) -> list[dict]:

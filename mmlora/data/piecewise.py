@@ -22,8 +22,9 @@ import re
 
 from mmlora.models.plaintext import Tokenized
 
-PIECES_LIMIT = 16384
-"""Pieces remembered per worker; cleared when full (the pieces that repeat come back quickly)."""
+PIECES_LIMIT = 4096
+"""Pieces (and pieces at a place, runs at a place) remembered per worker; cleared when full: the
+pieces that repeat (template text) come back at once, and a small memo keeps workers flat in memory."""
 
 
 class PiecewiseEncoder:
