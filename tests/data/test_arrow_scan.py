@@ -310,3 +310,23 @@ def test_a_pretty_printed_json_lines_file_is_still_read_as_one_document(data, pr
     arrow = scan_split(str(data / "pretty.jsonl"), cfg, processor, progress=False)
     assert findings(arrow) == findings(scan_serially(str(data / "pretty.jsonl"), cfg, processor, progress=False))
     assert arrow.rows == 3 and not arrow.problems
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_workers_pause_the_garbage_collector_per_batch_and_restore_it(data, processor, monkeypatch, tmp_path,
+                                                                          enabled):
+    import gc
+
+    monkeypatch.setenv("MMLORA_SCAN_CACHE", str(tmp_path))
+    during, scan_row = [], arrowscan.scan_row
+    monkeypatch.setattr(arrowscan, "scan_row", lambda *a: during.append(gc.isenabled()) or scan_row(*a))
+    cfg = DataConfig(train="x", on_error="skip", max_length=300, num_proc=1)
+    serial = scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        arrow = scan_split(str(data / "train.jsonl"), cfg, processor, progress=False)
+        assert gc.isenabled() == enabled  # as it was before the scan
+    finally:
+        gc.enable()
+    assert during and not any(during)  # paused while the rows were scanned
+    assert findings(arrow) == findings(serial)
