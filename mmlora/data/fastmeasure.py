@@ -45,10 +45,11 @@ class MeasuringProcessor:
 
     def __init__(self, processor):
         self.processor, self.rendered, self.skeletons, self.escaped = processor, {}, {}, {}
-        # id(messages) -> (messages, their shape key, their renders): collate renders one sample's
-        # messages three times over (tokens, answer spans, image end), and the scan never changes a
-        # sample's messages once built. An entry holds its list, so the id cannot stand for
-        # another list meanwhile; a few recent lists are kept.
+        # ids of the messages -> (the messages, their shape key, their renders): collate renders one
+        # sample's messages three times over (tokens, answer spans, image end) and its prefixes
+        # (new lists of the same message objects), and the scan never changes a sample's messages
+        # once built. An entry holds its messages, so their ids cannot stand for other objects
+        # meanwhile; a few recent entries are kept.
         self.recent, self.message_keys = {}, {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
@@ -63,11 +64,12 @@ class MeasuringProcessor:
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        recent = self.recent.get(id(messages))
-        if recent is None or recent[0] is not messages:  # see `recent` in __init__
-            if len(self.recent) >= 16:
+        ids = tuple(map(id, messages))
+        recent = self.recent.get(ids)
+        if recent is None:  # see `recent` in __init__
+            if len(self.recent) >= 64:
                 self.recent.clear()
-            recent = self.recent[id(messages)] = (messages, _shape_key(messages, self._message_key), {})
+            recent = self.recent[ids] = (list(messages), _shape_key(messages, self._message_key), {})
         _, keyed, texts = recent
         text = texts.get(add_generation_prompt)
         if text is not None:

@@ -330,3 +330,19 @@ def test_the_workers_pause_the_garbage_collector_per_batch_and_restore_it(data, 
         gc.enable()
     assert during and not any(during)  # paused while the rows were scanned
     assert findings(arrow) == findings(serial)
+
+
+def test_prefix_renders_of_the_same_messages_share_their_shape_key_and_renders(processor, monkeypatch):
+    from mmlora.data import fastmeasure
+
+    fast = fastmeasure.MeasuringProcessor(processor)
+    keys, shape_key = [], fastmeasure._shape_key
+    monkeypatch.setattr(fastmeasure, "_shape_key", lambda *a: keys.append(1) or shape_key(*a))
+    messages = [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "a square"},
+                {"role": "user", "content": "And its colour?"}, {"role": "assistant", "content": "red"}]
+    for _ in range(2):  # collate slices new lists of the same message objects for each answer span
+        for end, prompt in ((1, True), (2, False), (3, True), (4, False)):
+            assert fast.render(messages[:end], prompt) == processor.render(messages[:end], prompt)
+    assert len(keys) == 4  # once per prefix, not per list
+    copied = [dict(message) for message in messages]  # other objects: their own key, the same render
+    assert fast.render(copied[:2]) == processor.render(copied[:2]) and len(keys) == 5
