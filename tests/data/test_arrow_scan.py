@@ -346,3 +346,15 @@ def test_prefix_renders_of_the_same_messages_share_their_shape_key_and_renders(p
     assert len(keys) == 4  # once per prefix, not per list
     copied = [dict(message) for message in messages]  # other objects: their own key, the same render
     assert fast.render(copied[:2]) == processor.render(copied[:2]) and len(keys) == 5
+
+
+def test_the_piecewise_split_matches_added_tokens_as_the_tokenizer_does(processor):
+    from mmlora.data.piecewise import PiecewiseEncoder
+
+    backend = processor.tokenizer.backend_tokenizer
+    image = processor.family.feature_token
+    encoder = PiecewiseEncoder.checked(backend, processor.tokenize, image)
+    assert encoder is not None and encoder.split.pattern.startswith(r"<\|")  # the tokens' common start, once
+    texts = ["<|im_", "<|<|im_end|>", "<<|im_start|>|>", f"x<|{image * 3}|>{image}<|im_start", "<||>", "|><|"]
+    for text in texts:
+        assert encoder(text) == processor.tokenize(text), text
