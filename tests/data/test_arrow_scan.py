@@ -358,3 +358,25 @@ def test_the_piecewise_split_matches_added_tokens_as_the_tokenizer_does(processo
     texts = ["<|im_", "<|<|im_end|>", "<<|im_start|>|>", f"x<|{image * 3}|>{image}<|im_start", "<||>", "|><|"]
     for text in texts:
         assert encoder(text) == processor.tokenize(text), text
+
+
+@pytest.mark.parametrize("too_long", ["drop", "truncate"])
+def test_the_image_end_is_found_only_for_samples_truncation_may_cut(data, processor, monkeypatch, too_long):
+    from mmlora.data import splitscan
+    from mmlora.data.collate import fit_length, image_tokens_end
+
+    def every_image_end(processor, sample, counts, cfg):  # as before: found for every sample
+        ids, offsets = tokenize_text(processor, sample.messages, counts)
+        labels = answer_labels(processor, sample.messages, counts, ids, offsets, cfg.train_on)
+        keep = image_tokens_end(processor, sample.messages, counts, offsets)
+        fitted = fit_length(ids, labels, cfg.max_length, cfg.too_long == "truncate", keep)
+        return len(ids), (fitted[1] if fitted else None)
+
+    cfg = DataConfig(train="x", on_error="skip", max_length=60, too_long=too_long)
+    calls = []
+    monkeypatch.setattr(splitscan, "image_tokens_end", lambda *a: calls.append(1) or image_tokens_end(*a))
+    scan = scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False)
+    assert len(calls) == (0 if too_long == "drop" else sum(length > 60 for length in scan.lengths)) < len(scan.lengths)
+    monkeypatch.setattr(splitscan, "_measure", every_image_end)
+    assert findings(scan) == findings(scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False))
+    assert scan.too_long and (scan.truncated or too_long == "drop")
