@@ -1,7 +1,8 @@
 """The pre-scan of a data file or folder on Arrow: parallel, cached, flat in memory.
 
 1. The main process reads the raw rows (sources.py's readers, with their located errors) into
-   an Arrow file: one record per row, the row as JSON, image bytes beside it.
+   an Arrow file: one record per row, the row as JSON, image bytes beside it. A JSON Lines
+   file's lines are stored as they are (jsonrows.RawLine) and parsed in step 2's processes.
 2. `datasets.Dataset.map` runs `RowScanner` over that file in batches, in `data.num_proc`
    processes: each row is converted, its images checked and its samples measured by the same
    code as the single-process scan (splitscan.scan_row, with fastmeasure.MeasuringProcessor),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import gc
 import hashlib
 import json
 import logging
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from mmlora.data.cache_entries import mark_used
 from mmlora.data.fastmeasure import MeasuringProcessor
+from mmlora.data.jsonrows import RawLine, parse_line
 from mmlora.data.loading import ImageChecker, RowResult, open_rows, row_result
 from mmlora.data.samples import RowError
 from mmlora.data.scan_guards import cache_usable, read_or_discard, unwritable
@@ -128,7 +131,7 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
     """Steps 1 and 2 into `work`; False when a raw row cannot be stored as JSON."""
     import datasets
 
-    opened, column_map, rows = open_rows(str(source), cfg)
+    opened, column_map, rows = open_rows(str(source), cfg, raw=True)
     if not _write_rows(work / "rows.arrow", rows, name, progress):
         return False
     table = datasets.Dataset.from_file(str(work / "rows.arrow"))
@@ -170,24 +173,27 @@ def _num_proc(cfg, rows: int) -> int | None:
 
 
 def _write_rows(path: Path, rows, name: str, progress: bool) -> bool:
-    """Step 1: raw rows as Arrow records (where, row JSON or the reader's error, image bytes)."""
+    """Step 1: raw rows as Arrow records (where, row JSON or the reader's error, image bytes,
+    whether the JSON is a data file's line not parsed yet)."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
     schema = pa.schema([("where", pa.string()), ("row", pa.string()), ("reason", pa.string()),
-                        ("detail", pa.string()), ("blobs", pa.list_(pa.binary()))])
+                        ("detail", pa.string()), ("blobs", pa.list_(pa.binary())), ("line", pa.bool_())])
     columns = {field: [] for field in schema.names}
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for where, row in tqdm(rows, desc=f"reading {name} data", unit=" rows", disable=None if progress else True):
-            blobs = []
-            if isinstance(row, RowError):
+            blobs, line = [], isinstance(row, RawLine)
+            if line:
+                text, reason, detail = str(row), None, None
+            elif isinstance(row, RowError):
                 text, reason, detail = None, row.reason, row.detail
             else:
                 try:
                     text, reason, detail = json.dumps(row, default=_blob_saver(blobs)), None, None
                 except (TypeError, ValueError):
                     return False
-            for field, value in zip(schema.names, (where, text, reason, detail, blobs)):
+            for field, value in zip(schema.names, (where, text, reason, detail, blobs, line)):
                 columns[field].append(value)
             if len(columns["where"]) >= 1000:  # memory stays flat in the number of rows
                 writer.write_batch(pa.record_batch(columns, schema=schema))
@@ -206,7 +212,16 @@ def _blob_saver(blobs: list[bytes]):
     return save
 
 
-def _raw_row(text: str, blobs: list[bytes]):
+def _raw_row(text: str, blobs: list[bytes], line: bool):
+    """The raw row step 1 stored: a data file's line parsed as the reader would (a RowError
+    when it is not JSON), else the row's JSON with its bytes put back."""
+    if line:
+        try:
+            return parse_line(text)
+        except RowError as err:
+            return err
+    if not blobs:  # no bytes to put back: the plain (faster) parse
+        return json.loads(text)
     return json.loads(text, object_hook=lambda d: blobs[d[BLOB]] if BLOB in d and len(d) == 1 else d)
 
 
@@ -215,22 +230,36 @@ class RowScanner:
 
     def __init__(self, processor, cfg, column_map, opened, expand_captions: bool, name: str, bounds=None):
         self.processor, self.cfg, self.column_map, self.opened = processor, cfg, column_map, opened
-        self.bounds = bounds
+        self.bounds, self.schema = bounds, None
         self.expand_captions, self.name, self.tools, self.seen, self.resolved = expand_captions, name, None, set(), {}
 
     def __getstate__(self):  # a fresh worker builds its own caches
-        return {**self.__dict__, "tools": None, "seen": set(), "resolved": {}}
+        return {**self.__dict__, "tools": None, "seen": set(), "resolved": {}, "schema": None}
 
     def __call__(self, batch: dict) -> dict:
+        # The cyclic garbage collector paused for the batch: a row allocates thousands of small
+        # objects (token offsets, memo entries), which set off collections that traverse the
+        # whole heap of the process (torch, transformers), ~17% of a worker's CPU time. The few
+        # cycles a batch leaves are collected once it is back on: memory stays flat.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._scan_batch(batch)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _scan_batch(self, batch: dict) -> dict:
         if self.tools is None:
             self.tools = (MeasuringProcessor(self.processor), ImageChecker(decode=self.cfg.image_check == "decode"),
                           VisualTokenCounter(self.processor))
         out = {column: [] for column in OUT_COLUMNS}
-        for where, text, reason, detail, blobs in zip(*(batch[c] for c in ("where", "row", "reason", "detail", "blobs"))):
+        for where, text, reason, detail, blobs, line in zip(*(batch[c] for c in ("where", "row", "reason", "detail",
+                                                                               "blobs", "line"))):
             if text is None:
                 result = RowResult(where, problem=RowError(reason, detail, where))
             else:
-                result = row_result(where, _raw_row(text, blobs), self.cfg, self.column_map, self.opened,
+                result = row_result(where, _raw_row(text, blobs, line), self.cfg, self.column_map, self.opened,
                                     self.expand_captions, self.resolved)
                 for sample in result.samples:  # as loading.iter_samples gives a mixture's source
                     sample.pixel_bounds = self.bounds
@@ -240,7 +269,16 @@ class RowScanner:
             scan_row(part, result, measuring, self.cfg, inspect, count_tokens)
             for column, value in self._columns(part, files).items():
                 out[column].append(value)
-        return out
+        # As an Arrow table of the declared types: `datasets` then writes it as it is, instead of
+        # inspecting and converting every value of a dict of lists.
+        return self.schema_table(out)
+
+    def schema_table(self, columns: dict):
+        import pyarrow as pa
+
+        if self.schema is None:
+            self.schema = out_features().arrow_schema
+        return pa.Table.from_pydict(columns, schema=self.schema)
 
     def _new_files(self, result: RowResult) -> list[str]:
         """[path, size, mtime] of image files this process meets for the first time."""

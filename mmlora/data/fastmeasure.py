@@ -17,7 +17,9 @@ are found:
   change a text (trim it, test what it says) would break that, so a shape is used only after its
   skeleton rebuilt the real render of the sample that made it and of a probe with whitespace
   and markers of its own at both ends of each text; otherwise that shape is rendered whole;
-- `tokenize` tokenises the text with each run of the visual token collapsed to one token, then
+- `tokenize` encodes the text piece by piece between added tokens, each distinct piece once
+  (piecewise.PiecewiseEncoder, where the tokenizer passes its checks); otherwise it tokenises
+  the text with each run of the visual token collapsed to one token, then
   writes the run back out (ids and character offsets), calling the Rust tokenizer directly
   (transformers' call wrapper cost as much as the tokenisation). This is exact because that token is an
   added special token, which the tokenizer splits off before anything else: each copy is one
@@ -31,6 +33,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 
+from mmlora.data.piecewise import PiecewiseEncoder
 from mmlora.models.plaintext import SENTINELS, Tokenized
 
 MEMO_LIMIT = 8192
@@ -42,17 +45,35 @@ class MeasuringProcessor:
 
     def __init__(self, processor):
         self.processor, self.rendered, self.skeletons, self.escaped = processor, {}, {}, {}
+        # ids of the messages -> (the messages, their shape key, their renders): collate renders one
+        # sample's messages three times over (tokens, answer spans, image end) and its prefixes
+        # (new lists of the same message objects), and the scan never changes a sample's messages
+        # once built. An entry holds its messages, so their ids cannot stand for other objects
+        # meanwhile; a few recent entries are kept.
+        self.recent, self.message_keys = {}, {}
         self.feature = processor.family.feature_token
         self.feature_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
         self.encode = self._direct_encoder()
-        self.collapse = self._collapse_matches()
+        backend = getattr(processor.tokenizer, "backend_tokenizer", None)
+        self.piecewise = PiecewiseEncoder.checked(backend, processor.tokenize, self.feature) \
+            if self.encode is not processor.tokenize else None  # the Rust tokenizer gives the processor's answers
+        self.collapse = self.piecewise is None and self._collapse_matches()
 
     def __getattr__(self, name):  # everything else is the real processor's
         return getattr(self.processor, name)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        keyed = _shape_key(messages)
+        ids = tuple(map(id, messages))
+        recent = self.recent.get(ids)
+        if recent is None:  # see `recent` in __init__
+            if len(self.recent) >= 64:
+                self.recent.clear()
+            recent = self.recent[ids] = (list(messages), _shape_key(messages, self._message_key), {})
+        _, keyed, texts = recent
+        text = texts.get(add_generation_prompt)
+        if text is not None:
+            return text
         # equal keys: equal messages (the shape's key and the texts themselves)
         key = (keyed[0], tuple(keyed[1]), add_generation_prompt) if keyed else (repr(messages), add_generation_prompt)
         text = self.rendered.get(key)
@@ -60,7 +81,18 @@ class MeasuringProcessor:
             if len(self.rendered) >= MEMO_LIMIT:
                 self.rendered.clear()
             text = self.rendered[key] = self._render(messages, keyed, add_generation_prompt)
+        texts[add_generation_prompt] = text
         return text
+
+    def _message_key(self, message) -> tuple[list, list[str]] | None:
+        """`_message_key`, remembered for the message object a short while (a sample's prefix
+        renders are new lists of the same messages; see `recent`)."""
+        found = self.message_keys.get(id(message))
+        if found is None or found[0] is not message:
+            if len(self.message_keys) >= 64:
+                self.message_keys.clear()
+            found = self.message_keys[id(message)] = (message, _message_key(message))
+        return found[1]
 
     def _render(self, messages: list[dict], keyed, add_generation_prompt: bool) -> str:
         """The real render's text, from the shape's skeleton when it has a checked one (module docstring)."""
@@ -107,6 +139,8 @@ class MeasuringProcessor:
         return pieces
 
     def tokenize(self, text: str) -> Tokenized:
+        if self.piecewise is not None and not SENTINELS.search(text):
+            return self.piecewise(text)
         if self.collapse and not SENTINELS.search(text):
             collapsed = self._collapsed(text)
             if collapsed is not None:
@@ -182,36 +216,45 @@ MARK = "\ue000{}\ue001"
 MARK_PATTERN = "\ue000[^\ue001]*\ue001"
 
 
-def _shape_key(messages: list[dict]) -> tuple[tuple, list[str]] | None:
+def _shape_key(messages: list[dict], message_key=None) -> tuple[tuple, list[str]] | None:
     """(a key of everything in `messages` but the texts of text parts, those texts in order);
-    None when a message is not a role/content mapping with text parts the shape can hold."""
+    None when a message is not a role/content mapping with text parts the shape can hold.
+    `message_key`: `_message_key` or a function giving the same (one that remembers)."""
     key, texts = [], []
     for message in messages:
-        if type(message) is not dict or "content" not in message:
+        part = (message_key or _message_key)(message)
+        if part is None:
             return None
-        role = message.get("role")
-        key.append(("role", role) if len(message) == 2 and type(role) is str else
-                   ("message", repr({k: v for k, v in message.items() if k != "content"})))
-        content = message["content"]
-        if type(content) is str:
-            key.append("text")
-            texts.append(content)
-            continue
-        if type(content) is not list:
-            return None
-        for part in content:
-            if type(part) is not dict:
-                return None
-            if part.get("type") != "text":
-                key.append(("part", repr(part)))
-                continue
-            if type(part.get("text")) is not str:
-                return None
-            key.append("text" if len(part) == 2 else
-                       ("text part", repr({k: v for k, v in part.items() if k != "text"})))
-            texts.append(part["text"])
-        key.append(None)  # the message's end
+        key += part[0]
+        texts += part[1]
     return tuple(key), texts
+
+
+def _message_key(message) -> tuple[list, list[str]] | None:
+    """One message's part of `_shape_key`."""
+    if type(message) is not dict or "content" not in message:
+        return None
+    role = message.get("role")
+    key = [("role", role) if len(message) == 2 and type(role) is str else
+           ("message", repr({k: v for k, v in message.items() if k != "content"}))]
+    content = message["content"]
+    if type(content) is str:
+        return key + ["text"], [content]
+    if type(content) is not list:
+        return None
+    texts = []
+    for part in content:
+        if type(part) is not dict:
+            return None
+        if part.get("type") != "text":
+            key.append(("part", repr(part)))
+            continue
+        if type(part.get("text")) is not str:
+            return None
+        key.append("text" if len(part) == 2 else ("text part", repr({k: v for k, v in part.items() if k != "text"})))
+        texts.append(part["text"])
+    key.append(None)  # the message's end
+    return key, texts
 
 
 def _shape(messages: list[dict]) -> list[dict]:

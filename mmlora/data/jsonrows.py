@@ -35,8 +35,9 @@ def parse_json(text: str):
         raise RowError("malformed_json", TOO_DEEP) from None
 
 
-def json_file_rows(path: Path) -> Rows:
-    """A `.json` file: a JSON array or one object (spread over lines or not), else JSON Lines."""
+def json_file_rows(path: Path, raw: bool = False) -> Rows:
+    """A `.json` file: a JSON array or one object (spread over lines or not), else JSON Lines
+    (`raw` as for jsonl_rows)."""
     head = first_text(path).lstrip()
     if head.startswith("["):
         return document_rows(path, _whole_document(path, strict=True))
@@ -44,7 +45,7 @@ def json_file_rows(path: Path) -> Rows:
         document = _whole_document(path, strict=False)
         if document is not None:
             return document_rows(path, document)
-    return jsonl_rows(path)
+    return jsonl_rows(path, raw)
 
 
 def _whole_document(path: Path, strict: bool):
@@ -77,9 +78,24 @@ def document_rows(path: Path, document) -> Rows:
                       f"got a JSON {type(document).__name__}.")
 
 
-def jsonl_rows(path: Path) -> Rows:
+class RawLine(str):
+    """A JSON Lines line yielded unparsed (`jsonl_rows(raw=True)`); `parse_line` makes it its row."""
+
+
+def parse_line(text: str):
+    """One JSON Lines line as its row; a RowError (malformed_json) when it is not JSON."""
+    # A BOM at the start of a later line: files with BOMs concatenated (`cat a.jsonl b.jsonl`).
+    return parse_json(text.removeprefix("\ufeff"))
+
+
+def jsonl_rows(path: Path, raw: bool = False) -> Rows:
     """JSON Lines, line by line; a file whose first line is not JSON but which is one JSON
-    document as a whole (pretty-printed) is read as that document."""
+    document as a whole (pretty-printed) is read as that document.
+
+    raw: every line after the first one that holds something is yielded as a `RawLine`, not
+    parsed (the Arrow pre-scan parses lines in its worker processes, with `parse_line`, into
+    the rows and errors this function would have given); blank lines and undecodable bytes
+    are handled here all the same."""
     codec = sniff_encoding(path)
     lines = _utf8_lines(path, codec) if codec.startswith("utf-8") else _decoded_lines(path)
     first = True
@@ -90,9 +106,11 @@ def jsonl_rows(path: Path) -> Rows:
             continue
         if not text.strip():
             continue
+        if raw and not first:
+            yield where, RawLine(text)
+            continue
         try:
-            # A BOM at the start of a later line: files with BOMs concatenated (`cat a.jsonl b.jsonl`).
-            row = parse_json(text.removeprefix("\ufeff"))
+            row = parse_line(text)
         except RowError as err:
             if first and err.detail != TOO_DEEP and path.stat().st_size <= WHOLE_DOCUMENT_LIMIT:
                 document = _whole_document(path, strict=False)

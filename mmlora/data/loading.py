@@ -101,14 +101,16 @@ def iter_split(value, cfg, expand_captions: bool = False, where: str = "data") -
         yield from iter_samples(source, cfg, expand_captions)
 
 
-def open_rows(source, cfg, name: str = "dataset"):
+def open_rows(source, cfg, name: str = "dataset", raw: bool = False):
     """(the opened source, data.column_map parsed, its raw `(where, row)` pairs) of a path, a
     `datasets.Dataset` (named `name` in messages) or a list of rows: the recipe's column map is
-    checked against the columns before any row (or, for JSON, after the last)."""
+    checked against the columns before any row (or, for JSON, after the last).
+    raw: JSON Lines lines after the first may come unparsed (jsonrows.RawLine), unless a column
+    map is set (its check needs every row's columns)."""
     if isinstance(source, str):
         source = resolve_data_path(source)
     column_map = parse_column_map(cfg.column_map)  # a recipe mistake before any file is read
-    opened = open_source(source, image_root(cfg), name)
+    opened = open_source(source, image_root(cfg), name, raw and not column_map)
     if opened.columns is not None:
         check_mapped_columns(opened.name, column_map, opened.columns)
 

@@ -37,9 +37,10 @@ class Source:
     """Columns every row has (CSV header, Parquet/Arrow schema), None when rows may differ (JSON)."""
 
 
-def open_source(source, image_root: Path | None = None, name: str = "dataset") -> Source:
+def open_source(source, image_root: Path | None = None, name: str = "dataset", raw: bool = False) -> Source:
     """Rows from a file or folder path, a `datasets.Dataset` / `IterableDataset` (named `name`
-    in messages), or a list of row dicts."""
+    in messages), or a list of row dicts. raw: a JSON Lines file's lines after the first come
+    unparsed (jsonrows.RawLine; see jsonl_rows)."""
     if isinstance(source, list):
         rows = ((f"row {i}", r) for i, r in enumerate(source, 1))
         return Source("rows", image_root or Path.cwd(), rows, confined=image_root is not None)
@@ -54,16 +55,16 @@ def open_source(source, image_root: Path | None = None, name: str = "dataset") -
         return Source(str(path), image_root or root, rows, columns=columns)
     if problem:
         raise MmloraError(f"Data '{path}' {problem} (give a .jsonl/.json/.csv/.parquet file or a dataset folder).")
-    return Source(str(path), image_root or path.parent, file_rows(path), columns=file_columns(path))
+    return Source(str(path), image_root or path.parent, file_rows(path, raw), columns=file_columns(path))
 
 
-def file_rows(path: Path) -> Rows:
-    """Rows of one data file, by extension."""
+def file_rows(path: Path, raw: bool = False) -> Rows:
+    """Rows of one data file, by extension (`raw`: see open_source)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        return jsonl_rows(path)
+        return jsonl_rows(path, raw)
     if suffix == ".json":
-        return json_file_rows(path)
+        return json_file_rows(path, raw)
     if suffix in (".csv", ".tsv"):
         return csv_rows(path, "\t" if suffix == ".tsv" else ",")
     if suffix == ".parquet":

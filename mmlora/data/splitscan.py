@@ -96,8 +96,11 @@ def _measure(processor, sample: Sample, counts: list[int], cfg) -> tuple[int, li
     """(length before max_length, labels after it or None when the sample must be dropped)."""
     ids, offsets = tokenize_text(processor, sample.messages, counts)
     labels = answer_labels(processor, sample.messages, counts, ids, offsets, cfg.train_on)
-    keep = image_tokens_end(processor, sample.messages, counts, offsets)
-    fitted = fit_length(ids, labels, cfg.max_length, cfg.too_long == "truncate", keep)
+    truncate = cfg.too_long == "truncate"
+    # fit_length reads `keep` only to truncate a sample that is too long: found only then
+    keep = image_tokens_end(processor, sample.messages, counts, offsets) \
+        if truncate and len(ids) > cfg.max_length else 0
+    fitted = fit_length(ids, labels, cfg.max_length, truncate, keep)
     return len(ids), (fitted[1] if fitted else None)
 
 

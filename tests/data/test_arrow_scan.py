@@ -255,5 +255,128 @@ def test_the_measuring_processor_renders_and_tokenises_as_the_processor(name):
                 expanded = expected.replace(image, image * 3)
                 assert fast.tokenize(expanded) == processor.tokenize(expanded)
     if name == "tiny/qwen2-vl":  # the fast paths were taken, not only fallen back from
-        assert fast.encode != processor.tokenize and fast.collapse
+        assert fast.encode != processor.tokenize and fast.piecewise is not None and fast.piecewise.run == image
+        assert not fast.collapse and len(fast.piecewise.pieces) > 10  # pieces remembered, runs written out
         assert all(skeleton is not False for skeleton in fast.skeletons.values())
+
+
+def messy_jsonl(root, name: str, crlf: bool, latin1: bool = True) -> bytes:
+    """JSON Lines as real exports write them: a UTF-8 BOM, blank lines, a bad JSON line, a
+    line with Latin-1 bytes, a BOM inside (files concatenated), deep nesting, no final newline."""
+    end = b"\r\n" if crlf else b"\n"
+    good = [json.dumps(r).encode() for r in varied_rows()[:4]]
+    lines = [b"\xef\xbb\xbf" + good[0], b"", good[1], b"   ", b'{"image": "a.png", "question": "unclosed',
+             b'{"image": "a.png", "question": "caf%s?", "answer": "x"}' % (b"\xe9" if latin1 else b"e"),
+             b"\xef\xbb\xbf" + good[2],
+             b"[" * 100_000, b"\t", good[3]]
+    (root / name).write_bytes(end.join(lines))  # the last line without a line end
+    return end.join(lines)
+
+
+@pytest.mark.parametrize("crlf,suffix", [(False, "jsonl"), (True, "jsonl"), (False, "json")])
+def test_json_lines_parsed_in_the_workers_give_the_readers_rows_and_located_errors(data, processor, crlf, suffix):
+    from mmlora.data.jsonrows import RawLine, jsonl_rows, parse_line
+    from mmlora.data.sources import file_rows
+
+    name = f"messy{'-crlf' if crlf else ''}.{suffix}"
+    latin1 = suffix == "jsonl"  # a .json file is first read whole: a bad byte is a file error there
+    messy_jsonl(data, name, crlf, latin1)
+    raw = list(file_rows(data / name, raw=True))
+    assert isinstance(raw[0][1], dict) and all(isinstance(row, RawLine) for _, row in raw[1:3] + raw[-1:])
+
+    def parsed(row):
+        if isinstance(row, RawLine):
+            try:
+                row = parse_line(row)
+            except Exception as err:  # noqa: BLE001 - the error the reader would have yielded
+                row = err
+        return (row.reason, row.detail) if isinstance(row, Exception) else row
+
+    assert [(w, parsed(r)) for w, r in raw] == [(w, parsed(r)) for w, r in jsonl_rows(data / name)]
+    cfg = DataConfig(train="x", on_error="skip", max_length=300, num_proc=2)
+    arrow = scan_split(str(data / name), cfg, processor, progress=False)
+    assert isinstance(arrow.samples, ArrowSamples)
+    assert findings(arrow) == findings(scan_serially(str(data / name), cfg, processor, progress=False))
+    assert [(p.reason, p.where) for p in arrow.problems] == [
+        ("malformed_json", f"{data / name}:5"), *[("not_utf8", f"{data / name}:6")] * latin1,
+        ("malformed_json", f"{data / name}:8")]
+    assert arrow.rows == 7 and len(arrow.samples) == 7 - latin1  # a row of 3 captions among the good rows
+
+
+def test_a_pretty_printed_json_lines_file_is_still_read_as_one_document(data, processor):
+    rows = varied_rows()[:3]
+    (data / "pretty.jsonl").write_text(json.dumps(rows, indent=2))
+    cfg = DataConfig(train="x", on_error="skip", max_length=300)
+    arrow = scan_split(str(data / "pretty.jsonl"), cfg, processor, progress=False)
+    assert findings(arrow) == findings(scan_serially(str(data / "pretty.jsonl"), cfg, processor, progress=False))
+    assert arrow.rows == 3 and not arrow.problems
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_workers_pause_the_garbage_collector_per_batch_and_restore_it(data, processor, monkeypatch, tmp_path,
+                                                                          enabled):
+    import gc
+
+    monkeypatch.setenv("MMLORA_SCAN_CACHE", str(tmp_path))
+    during, scan_row = [], arrowscan.scan_row
+    monkeypatch.setattr(arrowscan, "scan_row", lambda *a: during.append(gc.isenabled()) or scan_row(*a))
+    cfg = DataConfig(train="x", on_error="skip", max_length=300, num_proc=1)
+    serial = scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        arrow = scan_split(str(data / "train.jsonl"), cfg, processor, progress=False)
+        assert gc.isenabled() == enabled  # as it was before the scan
+    finally:
+        gc.enable()
+    assert during and not any(during)  # paused while the rows were scanned
+    assert findings(arrow) == findings(serial)
+
+
+def test_prefix_renders_of_the_same_messages_share_their_shape_key_and_renders(processor, monkeypatch):
+    from mmlora.data import fastmeasure
+
+    fast = fastmeasure.MeasuringProcessor(processor)
+    keys, shape_key = [], fastmeasure._shape_key
+    monkeypatch.setattr(fastmeasure, "_shape_key", lambda *a: keys.append(1) or shape_key(*a))
+    messages = [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "a square"},
+                {"role": "user", "content": "And its colour?"}, {"role": "assistant", "content": "red"}]
+    for _ in range(2):  # collate slices new lists of the same message objects for each answer span
+        for end, prompt in ((1, True), (2, False), (3, True), (4, False)):
+            assert fast.render(messages[:end], prompt) == processor.render(messages[:end], prompt)
+    assert len(keys) == 4  # once per prefix, not per list
+    copied = [dict(message) for message in messages]  # other objects: their own key, the same render
+    assert fast.render(copied[:2]) == processor.render(copied[:2]) and len(keys) == 5
+
+
+def test_the_piecewise_split_matches_added_tokens_as_the_tokenizer_does(processor):
+    from mmlora.data.piecewise import PiecewiseEncoder
+
+    backend = processor.tokenizer.backend_tokenizer
+    image = processor.family.feature_token
+    encoder = PiecewiseEncoder.checked(backend, processor.tokenize, image)
+    assert encoder is not None and encoder.split.pattern.startswith(r"<\|")  # the tokens' common start, once
+    texts = ["<|im_", "<|<|im_end|>", "<<|im_start|>|>", f"x<|{image * 3}|>{image}<|im_start", "<||>", "|><|"]
+    for text in texts:
+        assert encoder(text) == processor.tokenize(text), text
+
+
+@pytest.mark.parametrize("too_long", ["drop", "truncate"])
+def test_the_image_end_is_found_only_for_samples_truncation_may_cut(data, processor, monkeypatch, too_long):
+    from mmlora.data import splitscan
+    from mmlora.data.collate import fit_length, image_tokens_end
+
+    def every_image_end(processor, sample, counts, cfg):  # as before: found for every sample
+        ids, offsets = tokenize_text(processor, sample.messages, counts)
+        labels = answer_labels(processor, sample.messages, counts, ids, offsets, cfg.train_on)
+        keep = image_tokens_end(processor, sample.messages, counts, offsets)
+        fitted = fit_length(ids, labels, cfg.max_length, cfg.too_long == "truncate", keep)
+        return len(ids), (fitted[1] if fitted else None)
+
+    cfg = DataConfig(train="x", on_error="skip", max_length=60, too_long=too_long)
+    calls = []
+    monkeypatch.setattr(splitscan, "image_tokens_end", lambda *a: calls.append(1) or image_tokens_end(*a))
+    scan = scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False)
+    assert len(calls) == (0 if too_long == "drop" else sum(length > 60 for length in scan.lengths)) < len(scan.lengths)
+    monkeypatch.setattr(splitscan, "_measure", every_image_end)
+    assert findings(scan) == findings(scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False))
+    assert scan.too_long and (scan.truncated or too_long == "drop")
