@@ -93,7 +93,10 @@ def inspect_tree(folder: Path, kind_of: Callable[[tuple[str, ...], bool], str | 
             if is_dir:
                 stack.append((Path(item.path), rel))
                 continue
-            info = item.stat(follow_symlinks=False)
+            try:
+                info = item.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile (a scan renaming its temporary files)
+                continue
             tree.size, tree.files, tree.newest = tree.size + info.st_size, tree.files + 1, max(tree.newest, info.st_mtime)
             if kind == "temp":
                 tree.newest_temp = max(tree.newest_temp, info.st_mtime)
@@ -102,9 +105,9 @@ def inspect_tree(folder: Path, kind_of: Callable[[tuple[str, ...], bool], str | 
 
 def root_items(root: Path) -> list[os.DirEntry]:
     """The items directly under a cache root, by name ([] when there is no such folder)."""
-    if not root.is_dir():
-        return []
-    try:
+    try:  # is_dir() inside: it raises for a folder it may not look into (permission denied)
+        if not root.is_dir():
+            return []
         return sorted(os.scandir(root), key=lambda item: item.name)
     except OSError as error:
         raise MmloraError(f"cannot read the cache folder {root} ({error.strerror}); check its permissions, "

@@ -18,6 +18,7 @@ from mmlora.data.cache_entries import (
     size_note,
 )
 from mmlora.data.scanstore import cache_root
+from mmlora.errors import MmloraError
 
 RESULT_FILE = re.compile(r"scan[\w.-]*\.arrow|scan\.json|rows\.arrow|tmp\w+")
 """Files a scan folder holds: datasets' map writes scan*.arrow (through tmp* files), step 1 rows.arrow."""
@@ -77,4 +78,7 @@ def scan_cache_note() -> str | None:
     process of a machine only."""
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return None
-    return size_note(list_scan_cache(describe=False))
+    try:
+        return size_note(list_scan_cache(describe=False))
+    except (OSError, MmloraError):  # a note: an unreadable cache must not fail the scan it follows
+        return None

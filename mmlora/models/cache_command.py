@@ -62,7 +62,8 @@ def format_listing(listing: CacheListing, now: float | None = None) -> str:
     """The text `mmlora cache list` prints for one cache."""
     now = now or time.time()
     if not listing.root.is_dir():
-        return f"{listing.kind} cache: {listing.root} (not created yet)"
+        state = "not a folder" if listing.root.exists() else "not created yet"
+        return f"{listing.kind} cache: {listing.root} ({state})"
     count = len(listing.entries)
     lines = [f"{listing.kind} cache: {listing.root} ({count} entr{'y' if count == 1 else 'ies'}, "
              f"{format_bytes(listing.size)})"]

@@ -17,6 +17,7 @@ from mmlora.data.cache_entries import (
     size_note,
 )
 from mmlora.models.vision_store import default_cache_dir
+from mmlora.errors import MmloraError
 
 FEATURES = re.compile(r"[0-9a-f]{40}\.safetensors")
 PARTIAL = re.compile(r"\.[0-9a-f]{40}\.safetensors\.\d+\.partial")
@@ -63,4 +64,7 @@ def list_vision_cache(root: Path | None = None, describe: bool = True) -> CacheL
 
 def vision_cache_note(root: Path) -> str | None:
     """The end-of-training line about the cache's size (cache_entries.size_note)."""
-    return size_note(list_vision_cache(root, describe=False))
+    try:
+        return size_note(list_vision_cache(root, describe=False))
+    except (OSError, MmloraError):  # a note: an unreadable cache must not fail the run it follows
+        return None

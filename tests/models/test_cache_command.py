@@ -146,3 +146,46 @@ def test_the_vision_cache_size_is_noted_once_past_20_gib(tmp_path):
         f"vision cache: {tmp_path} has grown to 20.0 GiB (1 entry); `mmlora cache list` shows them, "
         "`mmlora cache clear vision --older-than 30` removes those unused for 30 days")
     assert vision_cache_note(tmp_path) is None
+
+
+def test_a_cache_folder_that_is_a_file_or_unreadable_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """--scan-dir naming a file is "not a folder" (was "not created yet"); a folder that may not
+    be looked into is a one-line error (was a PermissionError traceback from Path.is_dir)."""
+    from mmlora.data import cache_entries
+    from mmlora.errors import MmloraError
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["cache", "list", "scan", "--scan-dir", str(a_file)]) == 0
+    assert f"scan cache: {a_file} (not a folder)" in capsys.readouterr().out
+    closed = tmp_path / "closed"
+    closed.mkdir()
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(cache_entries.Path, "is_dir", denied)
+    with pytest.raises(MmloraError, match=f"cannot read the cache folder {closed} \\(Permission denied\\)"):
+        cache_entries.root_items(closed)
+    # the end-of-run size note stays silent rather than failing the run it follows
+    assert vision_cache_note(closed) is None
+
+
+def test_an_item_removed_while_the_cache_is_measured_is_skipped(tmp_path, monkeypatch):
+    """A scan renames its temporary files while another process measures the cache."""
+    from mmlora.data import cache_entries
+
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "gone.arrow").write_bytes(b"x" * 10)
+    (entry / "kept.arrow").write_bytes(b"x" * 7)
+    real_scandir = os.scandir
+
+    def scandir_then_remove(path):
+        items = list(real_scandir(path))
+        (entry / "gone.arrow").unlink(missing_ok=True)
+        return iter(items)
+
+    monkeypatch.setattr(cache_entries.os, "scandir", scandir_then_remove)
+    tree = cache_entries.inspect_tree(entry, lambda parts, is_dir: "ok")
+    assert (tree.size, tree.files, tree.unexpected) == (7, 1, None)
