@@ -86,8 +86,8 @@ def unanswered(requests: list[str], answered: dict[str, list[int]], path: Path, 
     total = sum(len(lines) for lines in answered.values())
     what = f"{len(stray)} of its {total} answer line(s) (first: line {stray[0]}) match no request of {source}"
     if len(stray) == total:
-        raise MmloraError(f"--output {path}: {what}, so it answers another input (or another --prompt / --system, or other ids); "
-                          "choose another --output for this one.")
+        raise MmloraError(f"--output {path}: {what}, so it answers another input (or another --prompt / --system, "
+                          "or other ids); choose another --output for this one.")
     print(f"mmlora: --output {path}: {what} (the input was edited?); they are kept.", file=sys.stderr)
     return todo
 
