@@ -16,7 +16,7 @@ from pathlib import Path
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
-from mmlora.inference.context_length import context_overflow
+from mmlora.inference.context_length import context_overflow, model_context
 from mmlora.inference.engine import GenerationSettings
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
@@ -61,6 +61,10 @@ def check_args(args) -> None:
         raise MmloraError("--prompt is required (with a JSONL --images file, lines may carry their own).")
     if args.images and not args.output:
         raise MmloraError("--images needs --output FILE.jsonl, where the answers go, one JSON line each.")
+    if args.output and args.images and Path(args.images).is_file() and Path(args.output).resolve() == Path(
+            args.images).resolve():
+        raise MmloraError(f"--output {args.output} is the --images file itself; answers go to a file of their own: "
+                          "choose another --output.")
     if args.resume and not args.output:
         raise MmloraError("--resume continues an --output file; give --output.")
     if args.batch_size < 1:
@@ -99,6 +103,8 @@ def cmd_infer(args) -> int:
     if args.image:  # the images of one prompt are read before the weights load: fail fast
         items = [decoded(item, strict=True) for item in items]
     engine = load_engine(args) if items else None  # all answered already: no need for weights
+    if engine:
+        check_answer_budget(engine, settings)
     try:
         answered, failed = answer_items(engine, items, settings, args.batch_size, writer, strict=bool(args.image))
     finally:
@@ -138,6 +144,14 @@ def decoded(item: Item, strict: bool) -> Item | None:
             err = RowError(err.reason, f"field \"{item.image_field}\": {err.detail}", item.request.where)
         print(f"mmlora: skipped {err}", file=sys.stderr)
         return None
+
+
+def check_answer_budget(engine, settings: GenerationSettings) -> None:
+    """One line, rather than a skip per request, when --max-new-tokens alone fills the context."""
+    context = model_context(engine.model.config)
+    if context and settings.max_new_tokens >= context:
+        raise MmloraError(f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt in the model's "
+                          f"context of {context} tokens; lower it.")
 
 
 def fits(engine, item: Item, settings: GenerationSettings, strict: bool) -> bool:

@@ -152,6 +152,15 @@ def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extr
     assert len(err) == 1 and err[0].startswith("mmlora: error: ") and message in err[0], err
 
 
+def test_an_output_that_is_the_input_file_is_refused_before_the_model_loads(workdir, capsys):
+    write_requests(workdir / "q.jsonl")
+    for resume in ([], ["--resume"]):
+        assert main(["infer", "--model", "tiny/qwen2-vl", "--images", "imgs/../q.jsonl", "--output", "q.jsonl",
+                     *resume]) == 2
+        assert capsys.readouterr().err.strip() == ("mmlora: error: --output q.jsonl is the --images file itself; "
+                                                   "answers go to a file of their own: choose another --output.")
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"image": 5, "prompt": "x"}', 'field "image" is 5 (a number): expected a path or URL as text'),
     ('{"images": ["a.png", 3], "prompt": "x"}', 'field "images"[1] is 3 (a number): expected a path or URL'),

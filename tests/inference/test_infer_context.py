@@ -84,3 +84,14 @@ def test_a_batch_skips_a_line_past_the_context_and_resume_answers_it_once_it_fit
         "mmlora: answered 1 request(s) into preds.jsonl; 2 already in the file")
     lines = [json.loads(line) for line in (big_image.parent / "preds.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines] == ["a-1", 3.5, 2]
+
+
+def test_a_max_new_tokens_that_fills_the_context_is_one_line_not_a_skip_per_request(big_image, capsys):
+    (big_image.parent / "q.jsonl").write_text('{"image": "big.png", "prompt": "Hi"}\n' * 3)
+    code = main(["infer", "--model", "tiny/qwen2-vl", "--images", "q.jsonl", "--output", "preds.jsonl",
+                 "--max-new-tokens", "4096"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "mmlora: error: --max-new-tokens 4096 leaves no room for a prompt in the model's context of 4096 tokens; "
+        "lower it.")
+    assert (big_image.parent / "preds.jsonl").read_text() == ""
