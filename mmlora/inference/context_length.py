@@ -1,8 +1,9 @@
 """Whether a request fits the model's context: its prompt as the model sees it (chat template,
 text and every visual token) plus the longest answer asked for, against the positions the text
 model was built for. Past them a model answers garbage (and a huge prompt holds its batch for
-minutes), so `mmlora serve` refuses such a request with a 400 and `mmlora infer` with a one-line
-error, or a counted skip of its line in a batch.
+minutes), so `mmlora serve` refuses such a request with a 400, `mmlora infer` with a one-line
+error, or a counted skip of its line in a batch, and `mmlora chat` says so and lets the user
+start over.
 
 The context is the text model's `max_position_embeddings` (`config.get_text_config()`: the
 `text_config` of every supported family), the limit vLLM derives its default `max_model_len`
@@ -25,10 +26,10 @@ class ContextOverflow:
     max_new_tokens: int
     context: int
 
-    def describe(self, answer_budget: str) -> str:
+    def describe(self, answer_budget: str, what: str = "the prompt") -> str:
         """`the prompt takes N tokens (...) and <answer_budget> is K: more than the model's
         context of C tokens`, naming the caller's flag or field for the answer budget."""
-        return (f"the prompt takes {self.prompt_tokens} tokens (chat template and visual tokens included) and "
+        return (f"{what} takes {self.prompt_tokens} tokens (chat template and visual tokens included) and "
                 f"{answer_budget} is {self.max_new_tokens}: more than the model's context of {self.context} tokens")
 
 
