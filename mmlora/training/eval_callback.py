@@ -32,6 +32,7 @@ from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import score_task
 from mmlora.models.lora import save_adapter
 from mmlora.training.checkpoints import replace_folder
+from mmlora.training.ranks import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,10 @@ class TrainingEvaluation(TrainerCallback):
         if self.generated and self._sharded():
             # One process cannot generate (or save the best adapter) with weights sharded over
             # all of them: it would wait for the others forever. The eval loss still runs.
-            log.warning("ZeRO-3/FSDP: no generation metrics or best adapter during training; "
-                        "run `mmlora eval` on the saved adapter instead.")
+            # Said once per run, by the main process (every rank turns generation off).
+            if is_main_process():
+                log.warning("ZeRO-3/FSDP: no generation metrics or best adapter during training; "
+                            "run `mmlora eval` on the saved adapter instead.")
             self.generated, self.best_metric = [], None
         out = Path(args.output_dir)
         if state.global_step == 0:  # a fresh run (e.g. --overwrite): no best of an older run
