@@ -31,6 +31,7 @@ from mmlora.config.schema import Recipe
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import score_task
 from mmlora.models.lora import save_adapter
+from mmlora.models.model_card import write_snapshot_card
 from mmlora.training.checkpoints import replace_folder
 from mmlora.training.ranks import is_main_process
 
@@ -251,6 +252,7 @@ class TrainingEvaluation(TrainerCallback):
         self.processor.save_pretrained(staged)
         save_recipe(self.recipe, staged / "recipe.yaml")
         (staged / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+        write_snapshot_card(staged, final, out, self.recipe.model.name)  # not PEFT's template (model_card.py)
         replace_folder(staged, final, old)
         log.info("new best %s=%.4f at step %d: saved to %s", self.best["metric"], self.best["value"],
                  self.best["step"], final)
