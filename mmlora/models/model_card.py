@@ -79,7 +79,10 @@ def _metric_lines(run_dir: Path) -> list[str]:
     lines = []
     for log in reversed(_read_lines(run_dir / "train_log.jsonl")):
         if "train_loss" in log:
-            lines.append(f"- training loss (mean over the run): {_number(log['train_loss'])} at step {log.get('step')}")
+            # A resumed run's train_loss covers only the steps after its checkpoint (train.py marks them).
+            steps = (f"mean over steps {log['train_loss_first_step']}-{log.get('step')}, after the resumed checkpoint"
+                     if "train_loss_first_step" in log else "mean over the run")
+            lines.append(f"- training loss ({steps}): {_number(log['train_loss'])} at step {log.get('step')}")
             break
     during = _json(run_dir / "eval_metrics.json") or {}
     losses = [e for e in during.get("history", []) if "eval_loss" in e]

@@ -1,6 +1,7 @@
 """The training console: readable lines, best-so-far, a summary, no bars in a log file."""
 
 import io
+import json
 import subprocess
 import sys
 
@@ -137,3 +138,9 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_best_and_losses(tmp_path
     last = [line.split("  ")[0] for line in full if line.startswith("last logged")][0]
     assert [line for line in after if line.startswith("last logged")] == [
         f"{last}  mean train loss {last.removeprefix('last logged loss ')} (steps 3-4, this run)"]
+    # the log and the model card say so too (the Trainer's train_loss covers this call's steps)
+    final = json.loads((tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert (final["step"], final["train_loss_first_step"]) == (4, 3)
+    assert (f"- training loss (mean over steps 3-4, after the resumed checkpoint): {final['train_loss']:.4g} at step 4"
+            in (tmp_path / "resumed" / "README.md").read_text())
+    assert "- training loss (mean over the run): " in (tmp_path / "full" / "README.md").read_text()
