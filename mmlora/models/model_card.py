@@ -5,9 +5,11 @@ says what the run recorded: base model, data (data_report.json), recipe (recipe.
 metrics (eval_metrics.json, train_log.jsonl, and `mmlora eval`'s eval_*/metrics.json), how to
 use it, and whether vLLM serves it as trained (mmlora/inference/vllm_check.py, given by
 `mmlora export` / `mmlora merge`). `mmlora train` writes it into the adapter folder when the
-adapter is saved and again after the final evaluation; export and merge rewrite it. A README.md
-someone wrote by hand (neither PEFT's template nor an earlier card of mmlora) is kept, also
-through PEFT's `save_pretrained`, which would edit it (`keep_own_readme`).
+adapter is saved and again after the final evaluation, and into each `checkpoint-N/` and `best/`
+with that folder's step and metrics (`write_snapshot_card`); export and merge rewrite it. A
+README.md someone wrote by hand (neither PEFT's template nor an earlier card of mmlora) is kept,
+also through PEFT's `save_pretrained`, which would edit it (`keep_own_readme`), and when a
+checkpoint or best/ is replaced (`carry_own_readme`).
 """
 
 from __future__ import annotations
