@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mmlora.data.scan_wait import launch_id
 from mmlora.data.scanstore import cache_root
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,6 @@ def unwritable(root: Path, error: OSError, serial_marker: Path | None) -> None:
     warn_unwritable(root, error)
     if serial_marker is not None:
         try:
-            serial_marker.touch()
-        except OSError:
+            serial_marker.write_text(launch_id())  # this launch's (scan_wait.marked_serial)
+        except OSError:  # the waiting processes notice the first one stopped (scan_wait)
             pass
