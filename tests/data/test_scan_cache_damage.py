@@ -52,6 +52,12 @@ def older_layout(folder):  # an Arrow file of other columns, as another layout w
         pass
 
 
+def overwrite(path, old: bytes, new: bytes):  # same length: the file still reads as Arrow
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new))
+
+
 DAMAGE = {
     "scan.json cut short": lambda f: cut(f / "scan.json"),
     "scan.json garbage": lambda f: (f / "scan.json").write_bytes(b"\xff\xfe not json"),
@@ -62,6 +68,9 @@ DAMAGE = {
     "arrow missing": lambda f: (f / "scan.arrow").unlink(),
     "arrow garbage": lambda f: (f / "scan.arrow").write_bytes(b"garbage" * 100),
     "arrow of another layout": older_layout,
+    # inside a stored sample (the "samples" column, read only when training reaches the sample)
+    "a stored answer garbled": lambda f: overwrite(f / "scan.arrow", b"a square", b"a sqXare"),
+    "a stored sample no longer JSON": lambda f: overwrite(f / "scan.arrow", b'"a square"', b'"a square '),
 }
 
 
@@ -128,3 +137,20 @@ def test_a_full_disk_while_writing_the_result_scans_in_one_process(processor, da
         f"scan results cannot be written in {tmp_path / 'cache'} (No space left on device): scanning without the "
         "cache; set $MMLORA_SCAN_CACHE to a writable folder, or data.scan_cache: false to scan without it"]
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == []  # no half-written result left
+
+
+def test_a_result_written_without_checksums_is_scanned_again(processor, data_file, monkeypatch, caplog):
+    calls = scans_run(monkeypatch)
+    cfg = DataConfig(train="x", on_error="skip", max_length=302)
+    before = set(cache_root().iterdir())
+    first = report(scan_split(str(data_file), cfg, processor, progress=False))
+    folder = result_folder(before)
+    meta = json.loads((folder / "scan.json").read_text())
+    assert set(meta.pop("checksums")) == {"scan.arrow"}
+    (folder / "scan.json").write_text(json.dumps(meta))  # as an earlier mmlora wrote it
+    with caplog.at_level(logging.INFO, logger="mmlora.data.scan_seal"):
+        assert report(scan_split(str(data_file), cfg, processor, progress=False)) == first and len(calls) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
+        f"scan result {folder} has no checksums (written by an earlier mmlora): scanning again"]
+    assert "checksums" in json.loads((folder / "scan.json").read_text())  # rewritten, read from now on
+    assert report(scan_split(str(data_file), cfg, processor, progress=False)) == first and len(calls) == 2
