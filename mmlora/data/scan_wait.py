@@ -122,7 +122,7 @@ def wait_for_first_process(final: Path, name: str, read) -> tuple[bool, object]:
         if alive and not alive & folders.keys():
             why = f"its work folder {final.parent / sorted(alive)[0]} is gone"
         elif now - last_alive > STALE_S:
-            why = f"no work folder {final}.* changed for {STALE_S:.0f} s"
+            why = f"no work folder {final}.* changed for {STALE_S:g} s"
         else:
             if now - last_note >= PROGRESS_S:
                 last_note = now
