@@ -6,6 +6,9 @@ import dataclasses
 import errno
 import json
 import logging
+import os
+import pickle
+import shutil
 
 import pyarrow as pa
 import pytest
@@ -14,6 +17,7 @@ from mmlora.config.schema import DataConfig
 from mmlora.data import arrowscan, scan_guards
 from mmlora.data.scan import scan_serially, scan_split
 from mmlora.data.scanstore import cache_root
+from mmlora.errors import MmloraError
 
 Q = "What color is the shape?"
 
@@ -154,3 +158,39 @@ def test_a_result_written_without_checksums_is_scanned_again(processor, data_fil
         f"scan result {folder} has no checksums (written by an earlier mmlora): scanning again"]
     assert "checksums" in json.loads((folder / "scan.json").read_text())  # rewritten, read from now on
     assert report(scan_split(str(data_file), cfg, processor, progress=False)) == first and len(calls) == 2
+
+
+def test_a_result_removed_or_replaced_while_in_use_is_never_a_traceback_nor_another_scans_sample(
+        processor, data_file):
+    cfg = DataConfig(train="x", on_error="skip", max_length=305)
+    before = set(cache_root().iterdir())
+    scan = scan_split(str(data_file), cfg, processor, progress=False)
+    folder, expected = result_folder(before), list(scan.samples)
+    spawned = pickle.dumps(scan.samples)  # what a DataLoader worker started by spawn gets
+    shutil.rmtree(folder)  # `mmlora cache clear scan` while training
+    assert list(scan.samples) == expected  # this process, and workers forked from it, keep their mapping
+    gone = (f"scan result {folder}: its files were removed or replaced since it was read; run `mmlora cache clear "
+            "scan` and start again (the data is scanned anew)")
+    with pytest.raises(MmloraError) as error:
+        pickle.loads(spawned)[0]
+    assert str(error.value) == gone
+    scan_split(str(data_file), cfg, processor, progress=False)  # another run writes the result anew
+    with pytest.raises(MmloraError) as error:
+        pickle.loads(spawned)[0]
+    assert str(error.value) == gone
+
+
+def test_a_stored_sample_garbled_after_the_result_was_read_is_a_one_line_error(processor, data_file):
+    cfg = DataConfig(train="x", on_error="skip", max_length=306)
+    before = set(cache_root().iterdir())
+    scan = scan_split(str(data_file), cfg, processor, progress=False)
+    folder = result_folder(before)
+    assert scan.samples[1].messages[-1]["content"] == [{"type": "text", "text": "a square"}]
+    path, info = folder / "scan.arrow", (folder / "scan.arrow").stat()
+    overwrite(path, b'"a square"', b'"a square ')  # in place, its time kept: as a failing disk would
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert scan.samples[0].messages[-1]["content"] == [{"type": "text", "text": "red"}]
+    with pytest.raises(MmloraError) as error:
+        scan.samples[1]
+    assert str(error.value).startswith(f"scan result {folder}: its sample 1 cannot be read (JSONDecodeError: ")
+    assert str(error.value).endswith("; run `mmlora cache clear scan` and start again (the data is scanned anew)")
