@@ -36,7 +36,7 @@ from mmlora.data.fastmeasure import MeasuringProcessor
 from mmlora.data.jsonrows import RawLine, parse_line
 from mmlora.data.loading import ImageChecker, RowResult, open_rows, row_result
 from mmlora.data.samples import RowError
-from mmlora.data.scan_guards import cache_usable, read_or_discard, unwritable
+from mmlora.data.scan_guards import cache_usable, killed_process_error, read_or_discard, unwritable
 from mmlora.data.scan_seal import intact, seal
 from mmlora.data.scan_wait import Heartbeat, mark_serial, wait_for_first_process
 from mmlora.data.scanstore import (
@@ -110,6 +110,8 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
     except OSError as error:  # a full disk, a folder gone read-only: scan in one process instead
         unwritable(work.parent, error, final.with_suffix(".serial") if shared else None)
         return None
+    except RuntimeError as error:  # datasets' map when one of its processes was killed
+        raise killed_process_error(error, source) or error
     finally:
         if beat:
             beat.stop()

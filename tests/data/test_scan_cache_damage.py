@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 
 import pyarrow as pa
 import pytest
@@ -194,3 +195,22 @@ def test_a_stored_sample_garbled_after_the_result_was_read_is_a_one_line_error(p
         scan.samples[1]
     assert str(error.value).startswith(f"scan result {folder}: its sample 1 cannot be read (JSONDecodeError: ")
     assert str(error.value).endswith("; run `mmlora cache clear scan` and start again (the data is scanned anew)")
+
+
+def test_a_scan_process_killed_mid_scan_is_a_one_line_error(processor, data_file, monkeypatch):
+    rows = [{"image": "a.png", "question": f"{Q} {i}", "answer": "red"} for i in range(8)]
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parent, scan_batch = os.getpid(), arrowscan.RowScanner._scan_batch
+
+    def killed_in_a_worker(self, batch):  # as the kernel's OOM killer ends a scan process
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return scan_batch(self, batch)
+
+    monkeypatch.setattr(arrowscan.RowScanner, "_scan_batch", killed_in_a_worker)
+    before = set(cache_root().iterdir())
+    with pytest.raises(MmloraError) as error:
+        scan_split(str(data_file), DataConfig(train="x", num_proc=2), processor, progress=False)
+    assert str(error.value) == (f"data.train: {data_file}: a scan process was killed before the scan ended (out of "
+                                "memory?); set data.num_proc lower (fewer processes use less memory) and run again")
+    assert set(cache_root().iterdir()) == before  # no half-written result left
