@@ -48,6 +48,13 @@ def result_folder(before: set):
     return new
 
 
+def scanned(data_file, cfg, processor) -> tuple:
+    """A scan of `data_file` and the result folder it wrote (a new one: its fingerprint was not scanned yet)."""
+    before = set(cache_root().iterdir())
+    scan = scan_split(str(data_file), cfg, processor, progress=False)
+    return scan, result_folder(before)
+
+
 def cut(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -84,9 +91,8 @@ def test_a_damaged_cached_result_is_logged_deleted_and_scanned_again(processor, 
                                                                      damage):
     calls = scans_run(monkeypatch)
     cfg = DataConfig(train="x", on_error="skip")
-    before = set(cache_root().iterdir())
-    first = report(scan_split(str(data_file), cfg, processor, progress=False))
-    folder = result_folder(before)
+    scan, folder = scanned(data_file, cfg, processor)
+    first = report(scan)
     DAMAGE[damage](folder)
     with caplog.at_level(logging.WARNING):
         again = scan_split(str(data_file), cfg, processor, progress=False)
@@ -98,9 +104,8 @@ def test_a_damaged_cached_result_is_logged_deleted_and_scanned_again(processor, 
 def test_a_damaged_result_that_cannot_be_deleted_is_never_trusted(processor, data_file, monkeypatch, caplog):
     calls = scans_run(monkeypatch)
     cfg = DataConfig(train="x", on_error="skip", max_length=301)
-    before = set(cache_root().iterdir())
-    first = report(scan_split(str(data_file), cfg, processor, progress=False))
-    folder = result_folder(before)
+    scan, folder = scanned(data_file, cfg, processor)
+    first = report(scan)
     cut(folder / "scan.arrow")
     monkeypatch.setattr(scan_guards.shutil, "rmtree", lambda *a, **k: None)  # a read-only cache folder
     with caplog.at_level(logging.WARNING):
@@ -147,9 +152,8 @@ def test_a_full_disk_while_writing_the_result_scans_in_one_process(processor, da
 def test_a_result_written_without_checksums_is_scanned_again(processor, data_file, monkeypatch, caplog):
     calls = scans_run(monkeypatch)
     cfg = DataConfig(train="x", on_error="skip", max_length=302)
-    before = set(cache_root().iterdir())
-    first = report(scan_split(str(data_file), cfg, processor, progress=False))
-    folder = result_folder(before)
+    scan, folder = scanned(data_file, cfg, processor)
+    first = report(scan)
     meta = json.loads((folder / "scan.json").read_text())
     assert set(meta.pop("checksums")) == {"scan.arrow"}
     (folder / "scan.json").write_text(json.dumps(meta))  # as an earlier mmlora wrote it
@@ -164,9 +168,8 @@ def test_a_result_written_without_checksums_is_scanned_again(processor, data_fil
 def test_a_result_removed_or_replaced_while_in_use_is_never_a_traceback_nor_another_scans_sample(
         processor, data_file):
     cfg = DataConfig(train="x", on_error="skip", max_length=305)
-    before = set(cache_root().iterdir())
-    scan = scan_split(str(data_file), cfg, processor, progress=False)
-    folder, expected = result_folder(before), list(scan.samples)
+    scan, folder = scanned(data_file, cfg, processor)
+    expected = list(scan.samples)
     spawned = pickle.dumps(scan.samples)  # what a DataLoader worker started by spawn gets
     shutil.rmtree(folder)  # `mmlora cache clear scan` while training
     assert list(scan.samples) == expected  # this process, and workers forked from it, keep their mapping
@@ -183,9 +186,7 @@ def test_a_result_removed_or_replaced_while_in_use_is_never_a_traceback_nor_anot
 
 def test_a_stored_sample_garbled_after_the_result_was_read_is_a_one_line_error(processor, data_file):
     cfg = DataConfig(train="x", on_error="skip", max_length=306)
-    before = set(cache_root().iterdir())
-    scan = scan_split(str(data_file), cfg, processor, progress=False)
-    folder = result_folder(before)
+    scan, folder = scanned(data_file, cfg, processor)
     assert scan.samples[1].messages[-1]["content"] == [{"type": "text", "text": "a square"}]
     path, info = folder / "scan.arrow", (folder / "scan.arrow").stat()
     overwrite(path, b'"a square"', b'"a square ')  # in place, its time kept: as a failing disk would
