@@ -14,7 +14,8 @@ while it scans (`Heartbeat`), so the waiting ranks tell a slow scan from a stopp
   scans without the cache): one warning line, then each scans the split itself without the
   cache. Data that made rank 0 fail makes them fail with the same one-line error.
 
-While they wait they log a line every PROGRESS_S seconds saying what they wait for.
+While they wait they log a line every PROGRESS_S seconds saying what they wait for (shown
+without --verbose on local rank 1: one line per machine).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def wait_for_first_process(final: Path, name: str, read) -> tuple[bool, object]:
     log.info("%s data: waiting for the first process's scan (%s)", name, final)
     started = last_alive = last_note = time.monotonic()
     alive: set[str] = set()  # work folders seen being written
+    # Shown by default (a warning) on the second process only: one line a minute per machine.
+    level = logging.WARNING if os.environ.get("LOCAL_RANK") == "1" else logging.INFO
     while True:
         folders = work_folders(final)  # listed before the result is read: a rename is seen as the result
         found = read()
@@ -127,8 +130,8 @@ def wait_for_first_process(final: Path, name: str, read) -> tuple[bool, object]:
             if now - last_note >= PROGRESS_S:
                 last_note = now
                 sign = "its work folder is being written" if fresh else f"no sign of it for {now - last_alive:.0f} s"
-                log.info("%s data: still waiting for the first process's scan (%s) after %.0f s (%s)",
-                         name, final, now - started, sign)
+                log.log(level, "%s data: still waiting for the first process's scan (%s) after %.0f s (%s)",
+                        name, final, now - started, sign)
             time.sleep(POLL_S)
             continue
         log.warning("%s data: the first process stopped scanning without a result (%s); this process scans the "

@@ -77,7 +77,7 @@ def test_a_first_process_that_stops_on_bad_data_stops_the_others_with_the_same_e
     assert str(waiting.value) == str(outcome[0])  # its own scan met the same data
     said = messages(caplog)
     assert said[0].startswith("INFO train data: waiting for the first process's scan (")
-    assert any(m.startswith("INFO train data: still waiting for the first process's scan") for m in said)
+    assert any(m.startswith("WARNING train data: still waiting for the first process's scan") for m in said)
     final = said[0].split("(", 1)[1][:-1]
     assert said[-1] == (f"WARNING train data: the first process stopped scanning without a result (no work folder "
                         f"{final}.* changed for 2 s); this process scans the data itself, without the cache (an "
@@ -147,7 +147,8 @@ def test_a_work_folder_seen_being_written_then_gone_without_a_result_stops_the_w
                                 "error of the first process is in its own log)"]
 
 
-def test_a_slow_scan_kept_alive_by_its_heartbeat_is_waited_for(tmp_path, quick, caplog):
+def test_a_slow_scan_kept_alive_by_its_heartbeat_is_waited_for(tmp_path, quick, monkeypatch, caplog):
+    monkeypatch.setenv("LOCAL_RANK", "2")  # its progress lines are info: rank 1 shows the machine's
     final = tmp_path / ("1" * 32)
     work = tmp_path / f"{final.name}.abcd1234"
     work.mkdir()
@@ -155,10 +156,13 @@ def test_a_slow_scan_kept_alive_by_its_heartbeat_is_waited_for(tmp_path, quick, 
     done_at = time.monotonic() + 3 * scan_wait.STALE_S
     beat = scan_wait.Heartbeat(work, every=0.05).start()
     try:
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.INFO):
             assert scan_wait.wait_for_first_process(
                 final, "train", lambda: "result" if time.monotonic() > done_at else None) == (True, "result")
     finally:
         beat.stop()
-    assert messages(caplog) == []
+    said = messages(caplog)
+    assert said[0] == f"INFO train data: waiting for the first process's scan ({final})" and said[1:]
+    assert all(m.startswith(f"INFO train data: still waiting for the first process's scan ({final}) after ") and
+               m.endswith(" s (its work folder is being written)") for m in said[1:])  # no warning
     assert time.time() - work.stat().st_mtime < 1
