@@ -171,6 +171,7 @@ def test_a_result_removed_or_replaced_while_in_use_is_never_a_traceback_nor_anot
     scan, folder = scanned(data_file, cfg, processor)
     expected = list(scan.samples)
     spawned = pickle.dumps(scan.samples)  # what a DataLoader worker started by spawn gets
+    assert list(pickle.loads(spawned)) == expected
     shutil.rmtree(folder)  # `mmlora cache clear scan` while training
     assert list(scan.samples) == expected  # this process, and workers forked from it, keep their mapping
     gone = (f"scan result {folder}: its files were removed or replaced since it was read; run `mmlora cache clear "
