@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -37,9 +38,9 @@ POLL_S = 0.5
 
 
 def launch_id() -> str:
-    """What the ranks of one launch on one machine share: their parent process (torchrun's or
-    accelerate's agent, deepspeed's launcher, slurmstepd)."""
-    return f"launch {os.getppid()}"
+    """What the ranks of one launch on one machine share: the machine and their parent process
+    (torchrun's or accelerate's agent, deepspeed's launcher, slurmstepd)."""
+    return f"launch {socket.gethostname()} {os.getppid()}"
 
 
 def serial_marker(final: Path) -> Path:
