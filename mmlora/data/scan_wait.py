@@ -123,18 +123,23 @@ def wait_for_first_process(final: Path, name: str, read) -> tuple[bool, object]:
         if fresh:
             alive |= fresh
             last_alive = now
-        if alive and not alive & folders.keys():
-            why = f"its work folder {final.parent / sorted(alive)[0]} is gone"
-        elif now - last_alive > STALE_S:
-            why = f"no work folder {final}.* changed for {STALE_S:g} s"
-        else:
-            if now - last_note >= PROGRESS_S:
-                last_note = now
-                sign = "its work folder is being written" if fresh else f"no sign of it for {now - last_alive:.0f} s"
-                log.log(level, "%s data: still waiting for the first process's scan (%s) after %.0f s (%s)",
-                        name, final, now - started, sign)
-            time.sleep(POLL_S)
-            continue
-        log.warning("%s data: the first process stopped scanning without a result (%s); this process scans the "
-                    "data itself, without the cache (an error of the first process is in its own log)", name, why)
-        return False, None
+        why = _stopped(final, alive, folders, now - last_alive)
+        if why:
+            log.warning("%s data: the first process stopped scanning without a result (%s); this process scans the "
+                        "data itself, without the cache (an error of the first process is in its own log)", name, why)
+            return False, None
+        if now - last_note >= PROGRESS_S:
+            last_note = now
+            sign = "its work folder is being written" if fresh else f"no sign of it for {now - last_alive:.0f} s"
+            log.log(level, "%s data: still waiting for the first process's scan (%s) after %.0f s (%s)",
+                    name, final, now - started, sign)
+        time.sleep(POLL_S)
+
+
+def _stopped(final: Path, alive: set[str], folders: dict[str, float], silent_s: float) -> str | None:
+    """Why the first process is taken to have stopped, or None while it may still be scanning."""
+    if alive and not alive & folders.keys():
+        return f"its work folder {final.parent / sorted(alive)[0]} is gone"
+    if silent_s > STALE_S:
+        return f"no work folder {final}.* changed for {STALE_S:g} s"
+    return None
