@@ -38,7 +38,7 @@ from mmlora.data.loading import ImageChecker, RowResult, open_rows, row_result
 from mmlora.data.samples import RowError
 from mmlora.data.scan_guards import cache_usable, killed_process_error, read_or_discard, unwritable
 from mmlora.data.scan_seal import intact, seal
-from mmlora.data.scan_wait import Heartbeat, mark_serial, wait_for_first_process
+from mmlora.data.scan_wait import Heartbeat, mark_serial, remove_leftovers, wait_for_first_process
 from mmlora.data.scanstore import (
     ArrowSamples, cache_root, file_stat, encode_sample, fingerprint, images_unchanged, processor_identity, read_arrow,
 )
@@ -84,6 +84,8 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
                 return found
             shared = False  # it stopped without a result (warned): scan here, without the cache
     stale = (final / "scan.json").is_file()
+    if shared:
+        remove_leftovers(final)
     try:
         work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=_made(cache_root()) if shared else None))
     except OSError as error:

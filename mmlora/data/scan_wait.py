@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+
+from mmlora.data.cache_entries import is_recent
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
@@ -100,6 +103,14 @@ def work_folders(final: Path) -> dict[str, float]:
             except OSError:  # removed meanwhile
                 continue
     return found
+
+
+def remove_leftovers(final: Path) -> None:
+    """Deletes the work folders of `final` that no process has written for IN_PROGRESS_SECONDS (a
+    killed run's unfinished scan: never read, only taking space), as `mmlora cache clear` would."""
+    for name, mtime in work_folders(final).items():
+        if not is_recent(mtime):
+            shutil.rmtree(final.parent / name, ignore_errors=True)
 
 
 def wait_for_first_process(final: Path, name: str, read) -> tuple[bool, object]:

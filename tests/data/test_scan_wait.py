@@ -166,3 +166,21 @@ def test_a_slow_scan_kept_alive_by_its_heartbeat_is_waited_for(tmp_path, quick, 
     assert all(m.startswith(f"INFO train data: still waiting for the first process's scan ({final}) after ") and
                m.endswith(" s (its work folder is being written)") for m in said[1:])  # no warning
     assert time.time() - work.stat().st_mtime < 1
+
+
+def test_a_killed_runs_unfinished_scan_is_deleted_when_the_split_is_scanned_again(processor, data_file):
+    from mmlora.data.cache_entries import IN_PROGRESS_SECONDS
+
+    cfg = DataConfig(train="x", on_error="skip", max_length=307)
+    before = set(cache_root().iterdir())
+    scan_split(str(data_file), cfg, processor, progress=False)
+    (final,) = set(cache_root().iterdir()) - before
+    shutil.rmtree(final)
+    leftover, running = (cache_root() / f"{final.name}.{suffix}" for suffix in ("killed01", "running"))
+    for folder in (leftover, running):
+        folder.mkdir()
+        (folder / "rows.arrow").write_bytes(b"\0" * 1000)
+    # unchanged since its run was killed; `running` is being written by another process
+    os.utime(leftover, (time.time() - IN_PROGRESS_SECONDS - 1,) * 2)
+    assert isinstance(scan_split(str(data_file), cfg, processor, progress=False).samples, ArrowSamples)
+    assert not leftover.exists() and (running / "rows.arrow").is_file() and (final / "scan.json").is_file()
