@@ -15,7 +15,7 @@ from typing import Any
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError, Sample
 from mmlora.errors import MmloraError
-from mmlora.models.processor import ImageTextProcessor, expand_placeholders, stack_vision
+from mmlora.models.processor import Encoded, ImageTextProcessor, expand_placeholders, stack_vision
 
 IGNORE_INDEX = -100
 
@@ -196,17 +196,27 @@ def prompt_messages(sample: Sample) -> list[dict]:
     return sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
 
 
-def generation_batch(processor: ImageTextProcessor, samples: list[Sample]) -> dict:
-    """Prompts (all turns before the final answer) padded on the left for batched generation.
+def encode_prompt(processor: ImageTextProcessor, sample: Sample) -> Encoded:
+    """The prompt of `sample` (all turns before the final answer, then the generation prompt)
+    encoded as generation takes it, images processed: its `input_ids` are the prompt's tokens,
+    visual tokens included. Encode once and pass it to `left_padded_batch`."""
+    images = [load_image(image, sample.source) for image in sample.images]
+    text = processor.render(prompt_messages(sample), add_generation_prompt=True)
+    return processor.at_bounds(sample.pixel_bounds).encode(text, images)
+
+
+def left_padded_batch(processor: ImageTextProcessor, prompts: list[Encoded]) -> dict:
+    """Encoded prompts padded on the left for batched generation.
 
     Left padding keeps every prompt's last token at the same position, where generation
     appends; right padding would make shorter prompts continue after pad tokens.
     """
-    encoded = []
-    for sample in samples:
-        images = [load_image(image, sample.source) for image in sample.images]
-        text = processor.render(prompt_messages(sample), add_generation_prompt=True)
-        encoded.append(processor.at_bounds(sample.pixel_bounds).encode(text, images))
-    batch = _batch(processor, [e.input_ids for e in encoded], "left")
-    batch.update(_stack_vision(encoded))
+    batch = _batch(processor, [e.input_ids for e in prompts], "left")
+    batch.update(_stack_vision(prompts))
     return batch
+
+
+def generation_batch(processor: ImageTextProcessor, samples: list[Sample]) -> dict:
+    """Prompts (all turns before the final answer) encoded and padded on the left for batched
+    generation (`encode_prompt`, then `left_padded_batch`)."""
+    return left_padded_batch(processor, [encode_prompt(processor, sample) for sample in samples])

@@ -9,11 +9,12 @@ section asks for sampling or beams.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mmlora.data.collate import generation_batch
+from mmlora.data.collate import generation_batch, left_padded_batch
 from mmlora.data.samples import Sample
-from mmlora.models.processor import ImageTextProcessor
+from mmlora.models.processor import Encoded, ImageTextProcessor
 
 
 def clean_answer(text: str) -> str:
@@ -75,6 +76,25 @@ def generate_outputs(
     settings: dict | None = None, desc: str = "generating",
 ) -> list[Generated]:
     """`generate_answers` with each answer's token counts, read off the batch and the output."""
+    chunks = [samples[start: start + batch_size] for start in range(0, len(samples), batch_size)]
+    batches = (generation_batch(processor, chunk) for chunk in chunks)  # encoded a batch at a time
+    return _generate(model, processor, batches, len(chunks), max_new_tokens, progress, first_line, settings, desc)
+
+
+def generate_from_prompts(
+    model, processor: ImageTextProcessor, prompts: list[Encoded], batch_size: int = 8,
+    first_line: bool = True, settings: dict | None = None,
+) -> list[Generated]:
+    """`generate_outputs` for prompts encoded already (`mmlora.data.collate.encode_prompt`), for
+    instance to check their length first: their images are not processed again."""
+    chunks = [prompts[start: start + batch_size] for start in range(0, len(prompts), batch_size)]
+    batches = (left_padded_batch(processor, chunk) for chunk in chunks)
+    return _generate(model, processor, batches, len(chunks), 32, False, first_line, settings, "generating")
+
+
+def _generate(model, processor: ImageTextProcessor, batches: Iterable[dict], count: int, max_new_tokens: int,
+              progress: bool, first_line: bool, settings: dict | None, desc: str) -> list[Generated]:
+    """Generate for each left-padded batch (`count` of them, for the progress bar)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -82,10 +102,8 @@ def generate_outputs(
     device = next(model.parameters()).device
     turn_end = processor.tokenizer.convert_tokens_to_ids(processor.family.turn_end)
     outputs = []
-    batches = range(0, len(samples), batch_size)
     model.eval()
-    for start in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True):  # None: no bar off a terminal
-        batch = generation_batch(processor, samples[start: start + batch_size])
+    for batch in tqdm(batches, total=count, desc=desc, unit="batch", disable=None if progress else True):  # None: no bar off a terminal
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.inference_mode():
             output = model.generate(

@@ -17,12 +17,12 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from mmlora.inference.engine import GenerationSettings, InferenceEngine, Request
+from mmlora.inference.engine import EncodedRequest, GenerationSettings, InferenceEngine, Request
 
 
 @dataclass
 class _Job:
-    request: Request
+    request: Request | EncodedRequest
     settings: GenerationSettings
     future: Future = field(default_factory=Future)
 
@@ -39,13 +39,14 @@ class Batcher:
         self._worker = threading.Thread(target=self._run, name="mmlora-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, request: Request, settings: GenerationSettings) -> Future:
-        """A future for the request's answer, a `Generated` (its exception: what the engine raised)."""
+    def submit(self, request: Request | EncodedRequest, settings: GenerationSettings) -> Future:
+        """A future for the request's answer, a `Generated` (its exception: what the engine raised).
+        An `EncodedRequest` (the server's, checked already) is generated from without encoding again."""
         job = _Job(request, settings)
         self._queue.put(job)
         return job.future
 
-    def answer(self, request: Request, settings: GenerationSettings) -> str:
+    def answer(self, request: Request | EncodedRequest, settings: GenerationSettings) -> str:
         return self.submit(request, settings).result().text
 
     def close(self) -> None:

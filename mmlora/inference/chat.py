@@ -23,7 +23,7 @@ from typing import TextIO
 
 from mmlora.data.images import load_image
 from mmlora.errors import MmloraError
-from mmlora.inference.context_length import context_overflow
+from mmlora.inference.context_length import ContextLengthError
 from mmlora.inference.engine import GenerationSettings, Request, Turn, resolve_images
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
@@ -65,11 +65,13 @@ def attach(conversation: Conversation, ref: str, allow_urls: bool) -> str:
 def chat_turn(engine, conversation: Conversation, text: str, settings: GenerationSettings, out: TextIO) -> None:
     """Answer `text` (with the attached images) in the context of the conversation, printing the
     answer as it is generated, and add both turns to the history."""
-    request = Request(text, conversation.pending, conversation.system, conversation.history, where="chat")
-    overflow = context_overflow(engine, request, settings)
-    if overflow:  # past the context the model answers garbage; the turn is not added
-        raise MmloraError(f"{overflow.describe('--max-new-tokens', 'the conversation with this message')}; "
-                          "/reset to start over, or write a shorter message.")
+    request = engine.encode(Request(text, conversation.pending, conversation.system, conversation.history,
+                                    where="chat"))  # encoded once: checked, then generated from
+    try:
+        engine.check_context(request, settings)
+    except ContextLengthError as err:  # past the context the model answers garbage; the turn is not added
+        raise MmloraError(f"{err.overflow.describe('--max-new-tokens', 'the conversation with this message')}; "
+                          "/reset to start over, or write a shorter message.") from None
     if settings.num_beams == 1:
         answer = ""
         for chunk in engine.stream(request, settings):

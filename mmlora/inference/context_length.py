@@ -1,9 +1,10 @@
 """Whether a request fits the model's context: its prompt as the model sees it (chat template,
 text and every visual token) plus the longest answer asked for, against the positions the text
 model was built for. Past them a model answers garbage (and a huge prompt holds its batch for
-minutes), so `mmlora serve` refuses such a request with a 400, `mmlora infer` with a one-line
-error, or a counted skip of its line in a batch, and `mmlora chat` says so and lets the user
-start over.
+minutes), so the engine refuses it (`InferenceEngine.check_context`, run by every `generate`,
+`answer` and `stream` call) with a `ContextLengthError`, which the commands word for their
+users: `mmlora serve` a 400, `mmlora infer` a one-line error, or a counted skip of its line in
+a batch, and `mmlora chat` says so and lets the user start over.
 
 The context is the text model's `max_position_embeddings` (`config.get_text_config()`: the
 `text_config` of every supported family), the limit vLLM derives its default `max_model_len`
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmlora.inference.engine import GenerationSettings, Request
+from mmlora.data.samples import RowError
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,19 @@ def model_context(config) -> int | None:
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
-def context_overflow(engine, request: Request, settings: GenerationSettings) -> ContextOverflow | None:
-    """The overflow of `request` with `settings.max_new_tokens` on `engine`'s model, or None when
-    it fits (or the model states no context). Counts the prompt as generation encodes it."""
-    context = model_context(engine.model.config)
-    if context is None:
-        return None
-    tokens = engine.prompt_tokens(request)
-    if tokens + settings.max_new_tokens > context:
-        return ContextOverflow(tokens, settings.max_new_tokens, context)
+def context_overflow(prompt_tokens: int, max_new_tokens: int, context: int | None) -> ContextOverflow | None:
+    """The overflow of a prompt of `prompt_tokens` with an answer of up to `max_new_tokens`, or
+    None when it fits `context` (or the model states no context: None)."""
+    if context is not None and prompt_tokens + max_new_tokens > context:
+        return ContextOverflow(prompt_tokens, max_new_tokens, context)
     return None
+
+
+class ContextLengthError(RowError):
+    """A request past the model's context, located at the request's `where`; `overflow` holds the
+    counts, for a caller that words the error in its own flags (infer, chat, serve)."""
+
+    def __init__(self, overflow: ContextOverflow, where: str):
+        super().__init__("too_long", f"{overflow.describe('max_new_tokens')}; shorten the prompt, lower "
+                                     "max_new_tokens or give smaller images", where)
+        self.overflow = overflow

@@ -14,6 +14,12 @@ recipe or the model folder's mmlora.json: mmlora/models/adapter_loading.py) and 
 merged in. `answer` generates for a batch of requests at once, left padded
 (mmlora/evaluation/generate.py); greedy answers are the same as one request at a time (tested).
 Calls are serialised by a lock, so one engine may be shared by threads (a server).
+
+Every request is encoded once (images processed, chat template applied) and checked against the
+model's context (mmlora/inference/context_length.py) before anything is generated: a request
+past it raises `ContextLengthError`. A caller that wants to check first (a server's 400, a
+batch's skip) calls `encode` and `check_context` and passes the `EncodedRequest` on to
+`generate`, `answer` or `stream`, which generate from that encoding rather than encoding again.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlora.config.paths import ASSET_SCHEME, resolve_data_path
-from mmlora.data.collate import prompt_messages
+from mmlora.data.collate import encode_prompt
 from mmlora.data.images import load_image, resolve_image
 from mmlora.data.samples import RowError, Sample, assistant_turn, system_turn, user_turn
 from mmlora.evaluation.generate import Generated
+from mmlora.inference.context_length import ContextLengthError, context_overflow, model_context
+from mmlora.models.processor import Encoded
 
 
 @dataclass
@@ -56,6 +64,20 @@ class Request:
     history: list[Turn] = field(default_factory=list)
     where: str = "request"
     """Where the request came from (`file:line`), named in its error messages."""
+
+
+@dataclass
+class EncodedRequest:
+    """A request with its images checked and processed and its prompt encoded as generation takes
+    it (`InferenceEngine.encode`); generation from it does not process the images again."""
+
+    request: Request
+    prompt: Encoded
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens: chat template, text and visual tokens."""
+        return len(self.prompt.input_ids)
 
 
 @dataclass
@@ -156,48 +178,69 @@ class InferenceEngine:
         sample.images = [load_image(ref, request.where) for ref in resolved]
         return sample
 
+    def encode(self, request: Request) -> EncodedRequest:
+        """The request encoded as generation takes it (its images processed once, here). A bad
+        image or prompt raises RowError naming the request's `where`."""
+        return EncodedRequest(request, encode_prompt(self.processor, self._sample(request)))
+
+    def check_context(self, encoded: EncodedRequest, settings: GenerationSettings) -> None:
+        """Raise ContextLengthError (naming the request's `where`) when the prompt and
+        `settings.max_new_tokens` pass the model's context: past it a model answers garbage."""
+        overflow = context_overflow(encoded.prompt_tokens, settings.max_new_tokens, model_context(self.model.config))
+        if overflow:
+            raise ContextLengthError(overflow, encoded.request.where)
+
     def prompt_tokens(self, request: Request) -> int:
         """How many tokens the request's prompt is as generation encodes it (chat template,
         text and visual tokens; `Generated.prompt_tokens` of its answer), without generating."""
-        sample = self._sample(request)
-        text = self.processor.render(prompt_messages(sample), add_generation_prompt=True)
-        return len(self.processor.at_bounds(sample.pixel_bounds).encode(text, sample.images).input_ids)
+        return self.encode(request).prompt_tokens
 
-    def answer(self, requests: list[Request], settings: GenerationSettings | None = None,
+    def answer(self, requests: list[Request | EncodedRequest], settings: GenerationSettings | None = None,
                batch_size: int = 8) -> list[str]:
         """The answer to each request (whole text, stripped), `batch_size` requests per
         `generate` call. A bad image or prompt raises RowError (an MmloraError) naming the
-        request's `where`, before anything is generated."""
+        request's `where`, and a request past the model's context ContextLengthError (a
+        RowError), before anything is generated."""
         return [generated.text for generated in self.generate(requests, settings, batch_size)]
 
-    def generate(self, requests: list[Request], settings: GenerationSettings | None = None,
+    def generate(self, requests: list[Request | EncodedRequest], settings: GenerationSettings | None = None,
                  batch_size: int = 8) -> list[Generated]:
         """`answer` with each answer's token counts (prompt with its visual tokens, completion)
-        and whether the model ended its turn, as the generation produced them."""
-        from mmlora.evaluation.generate import generate_outputs
+        and whether the model ended its turn, as the generation produced them. Every request is
+        encoded before the first is generated (its processed images held until the end), so
+        give very many requests in chunks, as `mmlora infer` does."""
+        from mmlora.evaluation.generate import generate_from_prompts
 
         settings = settings or GenerationSettings()
-        samples = [self._sample(request) for request in requests]
+        prompts = [self._checked(request, settings).prompt for request in requests]
         with self._lock:
             self._seed(settings)
-            return generate_outputs(self.model, self.processor, samples, batch_size,
-                                    first_line=False, settings=settings.generate_kwargs())
+            return generate_from_prompts(self.model, self.processor, prompts, batch_size,
+                                         first_line=False, settings=settings.generate_kwargs())
 
-    def stream(self, request: Request, settings: GenerationSettings | None = None,
+    def _checked(self, request: Request | EncodedRequest, settings: GenerationSettings) -> EncodedRequest:
+        """The request encoded (unless it is already) and checked against the model's context."""
+        encoded = request if isinstance(request, EncodedRequest) else self.encode(request)
+        self.check_context(encoded, settings)
+        return encoded
+
+    def stream(self, request: Request | EncodedRequest, settings: GenerationSettings | None = None,
                usage: Generated | None = None) -> Iterator[str]:
         """The answer to one request as text chunks, as they are generated; joined, they are the
         text `answer` returns (whitespace at either end left out). Beam search cannot stream:
         num_beams must be 1. A stream left unread still generates to its end (holding the
         engine's lock) before the next call runs. `usage`, when given, receives the answer's
-        text and token counts (as `generate` gives them) once the stream has ended."""
+        text and token counts (as `generate` gives them) once the stream has ended. A request
+        past the model's context raises ContextLengthError at the first read, before generating."""
         from transformers import TextIteratorStreamer
 
-        from mmlora.evaluation.generate import generate_outputs
+        from mmlora.evaluation.generate import generate_from_prompts
 
         settings = settings or GenerationSettings()
         if settings.num_beams != 1:
-            raise RowError("bad_row", "streaming needs num_beams=1 (beam search decides at the end)", request.where)
-        sample = self._sample(request)
+            where = request.request.where if isinstance(request, EncodedRequest) else request.where
+            raise RowError("bad_row", "streaming needs num_beams=1 (beam search decides at the end)", where)
+        prompt = self._checked(request, settings).prompt
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
         done: list[Generated] = []
@@ -206,8 +249,8 @@ class InferenceEngine:
             try:
                 with self._lock:
                     self._seed(settings)
-                    done.extend(generate_outputs(self.model, self.processor, [sample], 1, first_line=False,
-                                                 settings={**settings.generate_kwargs(), "streamer": streamer}))
+                    done.extend(generate_from_prompts(self.model, self.processor, [prompt], 1, first_line=False,
+                                                      settings={**settings.generate_kwargs(), "streamer": streamer}))
             except BaseException as err:  # noqa: BLE001 - handed to the reading thread below
                 failure.append(err)
                 streamer.end()

@@ -16,8 +16,8 @@ from pathlib import Path
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
-from mmlora.inference.context_length import context_overflow, model_context
-from mmlora.inference.engine import GenerationSettings
+from mmlora.inference.context_length import ContextLengthError, model_context
+from mmlora.inference.engine import EncodedRequest, GenerationSettings
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
 )
@@ -154,20 +154,23 @@ def check_answer_budget(engine, settings: GenerationSettings) -> None:
                           f"context of {context} tokens; lower it.")
 
 
-def fits(engine, item: Item, settings: GenerationSettings, strict: bool) -> bool:
-    """Whether the item's prompt and --max-new-tokens fit the model's context
-    (mmlora/inference/context_length.py); False after logging why it is skipped, or with
-    `strict` a one-line error."""
-    overflow = context_overflow(engine, item.request, settings)
-    if overflow is None:
-        return True
-    prompt = "--prompt or --system" if strict else "its prompt"
-    problem = RowError("too_long", f"{overflow.describe('--max-new-tokens')}; shorten {prompt}, lower "
-                                   "--max-new-tokens or give smaller images (--max-pixels)", item.request.where)
-    if strict:
-        raise MmloraError(problem.detail)
-    print(f"mmlora: skipped {problem}", file=sys.stderr)
-    return False
+def encoded_within_context(engine, item: Item, settings: GenerationSettings, strict: bool) -> EncodedRequest | None:
+    """The item's request encoded, when its prompt and --max-new-tokens fit the model's context
+    (the engine's check: mmlora/inference/context_length.py); None after logging why it is
+    skipped, or with `strict` a one-line error. Generation uses this encoding: the images are
+    processed once."""
+    encoded = engine.encode(item.request)
+    try:
+        engine.check_context(encoded, settings)
+    except ContextLengthError as err:
+        prompt = "--prompt or --system" if strict else "its prompt"
+        problem = RowError("too_long", f"{err.overflow.describe('--max-new-tokens')}; shorten {prompt}, lower "
+                                       "--max-new-tokens or give smaller images (--max-pixels)", item.request.where)
+        if strict:
+            raise MmloraError(problem.detail) from None
+        print(f"mmlora: skipped {problem}", file=sys.stderr)
+        return None
+    return encoded
 
 
 def answer_items(engine, items: list[Item], settings: GenerationSettings, batch_size: int,
@@ -183,9 +186,10 @@ def answer_items(engine, items: list[Item], settings: GenerationSettings, batch_
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         ready = [item for item in (decoded(i, strict=writer is None) for i in chunk) if item]
-        ready = [item for item in ready if fits(engine, item, settings, strict)]
+        encoded = [(item, encoded_within_context(engine, item, settings, strict)) for item in ready]
+        ready, prompts = [item for item, e in encoded if e], [e for _, e in encoded if e]
         skipped += len(chunk) - len(ready)
-        batch_answers = engine.answer([item.request for item in ready], settings, batch_size) if ready else []
+        batch_answers = engine.answer(prompts, settings, batch_size) if prompts else []
         answers += batch_answers
         if writer:
             writer.write([{**item.shown, "prediction": text} for item, text in zip(ready, batch_answers)])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import difflib
 
 from mmlora.data.rowtext import lone_surrogate
-from mmlora.inference.context_length import context_overflow
-from mmlora.inference.engine import GenerationSettings, Request
+from mmlora.inference.context_length import ContextLengthError
+from mmlora.inference.engine import EncodedRequest, GenerationSettings, Request
 from mmlora.inference.openai_protocol import UNSUPPORTED, ApiError
 from mmlora.models.plaintext import SENTINELS
 
@@ -52,10 +52,14 @@ def check_texts(body: dict, request: Request) -> None:
                                 "text; remove them.", "messages", code="reserved_characters")
 
 
-def check_length(engine, request: Request, settings: GenerationSettings) -> None:
-    """A conversation whose prompt (chat template, text and visual tokens) and max_tokens pass
-    the model's context is a 400, as OpenAI answers it (mmlora/inference/context_length.py)."""
-    overflow = context_overflow(engine, request, settings)
-    if overflow:
-        raise ApiError(400, f"{overflow.describe('max_tokens')}; shorten the conversation, lower max_tokens or "
-                            "send smaller images.", "messages", code="context_length_exceeded")
+def encoded_within_context(engine, request: Request, settings: GenerationSettings) -> EncodedRequest:
+    """The request encoded for generation (its images processed once, here); a conversation
+    whose prompt (chat template, text and visual tokens) and max_tokens pass the model's context
+    is a 400, as OpenAI answers it (the engine's check: mmlora/inference/context_length.py)."""
+    encoded = engine.encode(request)
+    try:
+        engine.check_context(encoded, settings)
+    except ContextLengthError as err:
+        raise ApiError(400, f"{err.overflow.describe('max_tokens')}; shorten the conversation, lower max_tokens or "
+                            "send smaller images.", "messages", code="context_length_exceeded") from None
+    return encoded

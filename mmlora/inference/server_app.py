@@ -25,12 +25,12 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from mmlora.data.samples import RowError
 from mmlora.inference.batcher import Batcher
 from mmlora.evaluation.generate import Generated
-from mmlora.inference.engine import InferenceEngine, request_sample
+from mmlora.inference.engine import EncodedRequest, InferenceEngine, request_sample
 from mmlora.inference.openai_protocol import (
     ApiError, ChatCall, chat_chunk, chat_completion, completion_id, finish_reason, model_list, parse_chat_call,
     usage_chunk,
 )
-from mmlora.inference.request_checks import check_length, check_parameters, check_texts
+from mmlora.inference.request_checks import check_parameters, check_texts, encoded_within_context
 
 log = logging.getLogger("mmlora.serve")
 
@@ -40,13 +40,13 @@ def sse(data) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def stream_events(engine: InferenceEngine, call: ChatCall):
-    """The SSE lines of a streamed answer: the role, the text chunks, the finish, the usage when
-    asked for (stream_options.include_usage), [DONE]."""
+def stream_events(engine: InferenceEngine, call: ChatCall, prompt: EncodedRequest):
+    """The SSE lines of a streamed answer to `prompt` (`call`'s request, encoded): the role, the
+    text chunks, the finish, the usage when asked for (stream_options.include_usage), [DONE]."""
     chunk_id, answer, counted = completion_id(), Generated(), call.include_usage
     yield sse(chat_chunk(chunk_id, call.model, {"role": "assistant", "content": ""}, with_usage=counted))
     try:
-        for piece in engine.stream(call.request, call.settings, usage=answer):
+        for piece in engine.stream(prompt, call.settings, usage=answer):
             yield sse(chat_chunk(chunk_id, call.model, {"content": piece}, with_usage=counted))
     except Exception as err:  # noqa: BLE001 - the status is sent already: report in the stream
         log.exception("generation failed")
@@ -59,7 +59,9 @@ def stream_events(engine: InferenceEngine, call: ChatCall):
     yield sse("[DONE]")
 
 
-def _parse(body, served: str, allow_urls: bool, engine: InferenceEngine | None = None) -> ChatCall:
+def _parse(body, served: str, allow_urls: bool, engine: InferenceEngine) -> tuple[ChatCall, EncodedRequest]:
+    """The parsed call and its request encoded for generation (images processed once, here, off
+    the event loop) and checked against the model's context: every problem is a 400."""
     call = parse_chat_call(body, served, allow_urls)
     check_parameters(body)
     check_texts(body, call.request)
@@ -67,9 +69,8 @@ def _parse(body, served: str, allow_urls: bool, engine: InferenceEngine | None =
         request_sample(call.request, "the last user message")  # a 400 here, not a failed batch
     except RowError as err:
         raise ApiError(400, err.detail, "messages", code=err.reason) from None
-    if engine is not None:  # counted as generation encodes it, which needs the markers to match
-        check_length(engine, call.request, call.settings)
-    return call
+    # Encoded (and counted) as generation encodes it, which needs the markers to match.
+    return call, encoded_within_context(engine, call.request, call.settings)
 
 
 def build_app(engine: InferenceEngine, served: str, allow_urls: bool = False, ui: bool = False,
@@ -116,10 +117,10 @@ def build_app(engine: InferenceEngine, served: str, allow_urls: bool = False, ui
         except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
             raise ApiError(400, f"The request body is not valid JSON ({err}).") from None
         # Images are decoded (and URLs fetched) off the event loop.
-        call = await run_in_threadpool(_parse, body, served, allow_urls, engine)
+        call, prompt = await run_in_threadpool(_parse, body, served, allow_urls, engine)
         if call.stream:
-            return StreamingResponse(stream_events(engine, call), media_type="text/event-stream")
-        answer = await asyncio.wrap_future(batcher.submit(call.request, call.settings))
+            return StreamingResponse(stream_events(engine, call, prompt), media_type="text/event-stream")
+        answer = await asyncio.wrap_future(batcher.submit(prompt, call.settings))
         return chat_completion(answer, served)
 
     if ui:

@@ -6,7 +6,8 @@ import io
 
 from mmlora.cli import main
 from mmlora.config.paths import assets_dir
-from mmlora.inference.engine import GenerationSettings, InferenceEngine, Request, Turn
+from mmlora.data.collate import generation_batch
+from mmlora.inference.engine import GenerationSettings, InferenceEngine, Request, Turn, request_sample
 
 
 def test_chat_answers_each_turn_in_context_and_reset_starts_over(monkeypatch, capsys):
@@ -42,9 +43,10 @@ def test_a_message_past_the_context_is_reported_and_reset_starts_over():
     assert run_chat(engine, [long, short, "/reset", short], settings, out=out, note=note) == 0
     first = engine.answer([Request(long)], settings)[0]
     history = [Turn("user", long), Turn("assistant", first)]
-    tokens = engine.generate([Request(short, history=history)], GenerationSettings(max_new_tokens=1))[0]
+    # The engine refuses to generate for it now: its length as the generation batch would hold it.
+    tokens = generation_batch(engine.processor, [request_sample(Request(short, history=history))])["input_ids"]
     assert note.getvalue().splitlines()[0] == (
-        f"mmlora: the conversation with this message takes {tokens.prompt_tokens} tokens (chat template and visual "
+        f"mmlora: the conversation with this message takes {tokens.shape[1]} tokens (chat template and visual "
         "tokens included) and --max-new-tokens is 4: more than the model's context of 4096 tokens; /reset to start "
         "over, or write a shorter message.")
     assert out.getvalue() == f"{first}\n{engine.answer([Request(short)], settings)[0]}\n"
