@@ -3,7 +3,8 @@
 Routes: `GET /v1/models`, `POST /v1/chat/completions` (streamed as server-sent events when
 `stream` is true, ending with `data: [DONE]`), `GET /health`, and with `ui` the try-it page at
 `/` (mmlora/inference/web_page.py). Requests are parsed and their images checked in
-mmlora/inference/openai_protocol.py before they reach the model; concurrent non-streamed
+mmlora/inference/openai_protocol.py, then encoded once (images processed off the event loop)
+and checked against the model's context, before they reach the model; concurrent non-streamed
 requests are answered in batches (mmlora/inference/batcher.py); streamed ones one at a time
 (the engine's lock serialises them with the batches). Every error answers in OpenAI's error
 shape with its status code.
