@@ -83,13 +83,14 @@ def generate_outputs(
 
 def generate_from_prompts(
     model, processor: ImageTextProcessor, prompts: list[Encoded], batch_size: int = 8,
-    first_line: bool = True, settings: dict | None = None,
+    max_new_tokens: int = 32, first_line: bool = True, settings: dict | None = None,
 ) -> list[Generated]:
     """`generate_outputs` for prompts encoded already (`mmlora.data.collate.encode_prompt`), for
     instance to check their length first: their images are not processed again."""
     chunks = [prompts[start: start + batch_size] for start in range(0, len(prompts), batch_size)]
     batches = (left_padded_batch(processor, chunk) for chunk in chunks)
-    return _generate(model, processor, batches, len(chunks), 32, False, first_line, settings, "generating")
+    return _generate(model, processor, batches, len(chunks), max_new_tokens, False, first_line, settings,
+                     "generating")
 
 
 def _generate(model, processor: ImageTextProcessor, batches: Iterable[dict], count: int, max_new_tokens: int,

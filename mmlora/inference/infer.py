@@ -154,7 +154,7 @@ def check_answer_budget(engine, settings: GenerationSettings) -> None:
                           f"context of {context} tokens; lower it.")
 
 
-def encoded_within_context(engine, item: Item, settings: GenerationSettings, strict: bool) -> EncodedRequest | None:
+def encoded_if_it_fits(engine, item: Item, settings: GenerationSettings, strict: bool) -> EncodedRequest | None:
     """The item's request encoded, when its prompt and --max-new-tokens fit the model's context
     (the engine's check: mmlora/inference/context_length.py); None after logging why it is
     skipped, or with `strict` a one-line error. Generation uses this encoding: the images are
@@ -186,7 +186,7 @@ def answer_items(engine, items: list[Item], settings: GenerationSettings, batch_
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         ready = [item for item in (decoded(i, strict=writer is None) for i in chunk) if item]
-        encoded = [(item, encoded_within_context(engine, item, settings, strict)) for item in ready]
+        encoded = [(item, encoded_if_it_fits(engine, item, settings, strict)) for item in ready]
         ready, prompts = [item for item, e in encoded if e], [e for _, e in encoded if e]
         skipped += len(chunk) - len(ready)
         batch_answers = engine.answer(prompts, settings, batch_size) if prompts else []
