@@ -5,6 +5,7 @@ itself refuses a request past the model's context, before generating anything.""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -90,10 +91,10 @@ def test_chat_processes_each_turn_s_images_once_and_answers_as_before(engine, im
 
 def test_serve_processes_each_request_s_images_once_and_answers_as_before(api_server, image_calls):
     openai = pytest.importorskip("openai")
-    from tests.inference.test_serve import ask
-
     client = openai.OpenAI(base_url=f"{api_server.url}/v1", api_key="unused", max_retries=0)
-    messages = ask("Describe it.", TALL)
+    image = "data:image/png;base64," + base64.b64encode(TALL.read_bytes()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                             {"type": "text", "text": "Describe it."}]}]
     whole = client.chat.completions.create(model=api_server.name, messages=messages, max_tokens=6, temperature=0)
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
         model=api_server.name, messages=messages, max_tokens=6, temperature=0, stream=True) if chunk.choices)
