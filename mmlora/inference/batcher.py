@@ -6,7 +6,9 @@ and answers every waiting request with the same decoding settings (up to `max_ba
 `InferenceEngine.generate` call, left padded (each future's result: the answer with its token
 counts). Greedy answers are the same batched or alone
 (tests/inference/test_engine.py), so batching changes the speed, not the text. Requests with
-other settings wait for the next round, in arrival order.
+other settings wait for the next round, in arrival order. Each request is encoded and checked
+against the context before its batch is generated: one that cannot be answered gets its own
+error, and the rest of its batch is answered.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class Batcher:
             if not batch:
                 continue
             self.batch_sizes.append(len(batch))
+            batch = self._encoded(batch)
+            if not batch:
+                continue
             try:
                 answers = self.engine.generate([job.request for job in batch], batch[0].settings,
                                                batch_size=len(batch))
@@ -89,3 +94,18 @@ class Batcher:
                 continue
             for job, answer in zip(batch, answers):
                 job.future.set_result(answer)
+
+    def _encoded(self, batch: list[_Job]) -> list[_Job]:
+        """The jobs of `batch` that can be generated, each request encoded and checked against the
+        context; a job whose request cannot be (a bad image, a prompt past the context) gets its
+        own error and leaves the batch, so it does not fail the others."""
+        ready = []
+        for job in batch:
+            try:
+                job.request = self.engine.encode(job.request) if isinstance(job.request, Request) else job.request
+                self.engine.check_context(job.request, job.settings)
+            except Exception as err:  # noqa: BLE001 - this request's error, for its caller
+                job.future.set_exception(err)
+                continue
+            ready.append(job)
+        return ready
