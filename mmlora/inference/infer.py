@@ -4,7 +4,9 @@ of requests in batches into a JSONL answers file (docs/inference.md#mmlora-infer
 Arguments are checked, and every input line read, before torch is imported: a typo or a bad
 file fails in a fraction of a second. In batch mode a line or image that cannot be used is
 skipped with one logged line naming file, line and field, counted in the summary, and the exit
-status is 1; `--resume` after fixing them answers only those.
+status is 1; `--resume` after fixing them answers only those. `--resume` continues only a file
+answered with the same model and settings (mmlora/inference/answers_record.py), and one run at
+a time writes an `--output` (mmlora/inference/output_lock.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pathlib import Path
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
+from mmlora.inference.answers_record import check_record, run_record, write_record
 from mmlora.inference.context_length import ContextLengthError, model_context
 from mmlora.inference.engine import EncodedRequest, GenerationSettings
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
 )
 from mmlora.inference.inputs import ImageRules, Item, items_from_flags, read_items
+from mmlora.inference.output_lock import OutputLock
 from mmlora.inference.predictions import PredictionWriter, answered_keys, check_output, line_key, unanswered
 
 LOG_EVERY_S = 10.0
@@ -43,7 +47,7 @@ def register(sub) -> None:
                                     "the default for lines without \"prompt\"")
     p.add_argument("--system", help="system prompt (with a JSONL file, the default for lines without \"system\")")
     p.add_argument("--output", help="JSONL answers file: {\"image\", \"prompt\", \"prediction\"} per line")
-    p.add_argument("--resume", action="store_true", help="continue an existing --output: answer only what it lacks")
+    p.add_argument("--resume", action="store_true", help="continue an existing --output: answer only what it lacks (refused when it was answered with another model or other settings)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per generate call (default 8)")
     add_generation_flags(p)
     p.add_argument("--allow-outside-root", action="store_true",
@@ -75,8 +79,18 @@ def cmd_infer(args) -> int:
     check_args(args)
     settings = settings_from(args)
     check_model_flags(args)
-    if args.output:
-        check_output(Path(args.output), args.resume)
+    if not args.output:
+        return run_infer(args, settings)
+    check_output(Path(args.output), args.resume)
+    lock = OutputLock(Path(args.output))  # before the file is read: another run may be appending to it
+    try:
+        return run_infer(args, settings)
+    finally:
+        lock.release()
+
+
+def run_infer(args, settings: GenerationSettings) -> int:
+    """`cmd_infer` once the flags are checked (and `--output`, when given, locked)."""
     rules = ImageRules(args.allow_urls, args.allow_outside_root)
     found, others = read_items(args.image, args.images, args.prompt, args.system, rules)
     if others:
@@ -93,10 +107,14 @@ def cmd_infer(args) -> int:
     if args.output:
         output = Path(args.output)
         keys, torn = answered_keys(output)
+        record = run_record(args.model, args.adapter, args.min_pixels, args.max_pixels, settings)
+        check_record(output, record, has_answers=bool(keys))
         todo = [items[i] for i in unanswered([line_key(item.shown) for item in items], keys, output,
                                              args.images or "the --image request",
                                              [line_key(item.shown, with_id=False) for item in items])]
         done, items = len(items) - len(todo), todo
+        if items:  # the record names what answers the lines written from here on
+            write_record(output, record)
         writer = PredictionWriter(output, torn)
     if not items and not skipped and not done:
         raise MmloraError(f"--images {args.images} holds no images to answer about.")

@@ -58,7 +58,7 @@ def test_one_prompt_past_the_context_is_one_line_error_before_generating(engine,
         "lower --max-new-tokens or give smaller images (--max-pixels)")
 
 
-def test_a_batch_skips_a_line_past_the_context_and_resume_answers_it_once_it_fits(engine, big_image, capsys):
+def test_a_batch_skips_a_line_past_the_context_and_resume_answers_it_once_shortened(engine, big_image, capsys):
     rows = [{"id": "a-1", "image": SMALL.name, "prompt": "What color is the shape?"},
             {"id": 2, "image": "big.png", "prompt": LONG_TEXT},
             {"id": 3.5, "image": SMALL.name, "question": "Describe the image."}]
@@ -78,8 +78,10 @@ def test_a_batch_skips_a_line_past_the_context_and_resume_answers_it_once_it_fit
         rows[0], {"id": 3.5, "image": SMALL.name, "prompt": "Describe the image."}]
     assert list(lines[0]) == ["id", "image", "prompt", "prediction"]  # the id first, as the user gave it
 
-    fits = 4096 - expected  # the most new tokens the long line can have
-    assert main(args + ["--max-new-tokens", str(fits), "--resume"]) == 0
+    # --resume keeps the settings the answers were made with: the line is fixed by a shorter prompt
+    rows[1]["prompt"] = "word " * 500
+    (big_image.parent / "q.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(args + ["--max-new-tokens", "16", "--resume"]) == 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "mmlora: answered 1 request(s) into preds.jsonl; 2 already in the file")
     lines = [json.loads(line) for line in (big_image.parent / "preds.jsonl").read_text().splitlines()]
