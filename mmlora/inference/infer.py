@@ -109,9 +109,10 @@ def run_infer(args, settings: GenerationSettings) -> int:
         keys, torn = answered_keys(output)
         record = run_record(args.model, args.adapter, args.min_pixels, args.max_pixels, settings)
         check_record(output, record, has_answers=bool(keys))
+        # answer lines of an older mmlora: without `question_id`, or without any id
+        older = [[line_key(item.shown, ids=("id",)), line_key(item.shown, with_id=False)] for item in items]
         todo = [items[i] for i in unanswered([line_key(item.shown) for item in items], keys, output,
-                                             args.images or "the --image request",
-                                             [line_key(item.shown, with_id=False) for item in items])]
+                                             args.images or "the --image request", older)]
         done, items = len(items) - len(todo), todo
         if items:  # the record names what answers the lines written from here on
             write_record(output, record)

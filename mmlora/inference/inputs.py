@@ -28,8 +28,9 @@ from mmlora.models.plaintext import SENTINELS
 
 @dataclass
 class Item:
-    """One request to answer, and the fields its output line repeats (a JSONL line's `id` when it
-    has one, `image` or `images`, `prompt`, `system` when set), as the user wrote them."""
+    """One request to answer, and the fields its output line repeats (a JSONL line's `id` and
+    `question_id` when it has them, `image` or `images`, `prompt`, `system` when set), as the
+    user wrote them."""
 
     request: Request
     shown: dict
@@ -118,7 +119,7 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
     check_unicode(row)  # a lone surrogate: the tokenizer would fail on the whole batch
     misspelt(row)
-    line_id = request_id(row["id"]) if "id" in row else None
+    ids = {name: request_id(row[name], name) for name in ECHOED_IDS if name in row}
     if "image" in row and "images" in row:
         raise RowError("bad_row", "give \"image\" or \"images\", not both")
     refs = image_refs(row)
@@ -139,8 +140,7 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError(err.reason, f"field \"{image_field(row)}\": {err.detail}") from None
     item = _item(resolved, refs, text, line_system, where)
     item.image_field = image_field(row)
-    if "id" in row:
-        item.shown = {"id": line_id, **item.shown}
+    item.shown = {**ids, **item.shown}
     request_sample(item.request, prompt_field=prompt_name)  # `<image>` markers against images, before the model loads
     return item
 
@@ -170,15 +170,22 @@ def reserved_characters(text: str, field: str) -> None:
                                   "(U+F0000..U+FFFFD), which mmlora reserves; remove them")
 
 
-def request_id(value):
-    """A line's `id`, repeated unchanged on its answer line: text or a number (a finite one: the
-    output must stay JSON). RowError naming the field otherwise."""
+ECHOED_IDS = ("id", "question_id")
+"""Fields a line's answer repeats, first, to join answers back to the data (VQAv2 files key
+their questions by `question_id`)."""
+
+
+def request_id(value, name: str = "id"):
+    """A line's `id` (or `question_id`: `name`), repeated on its answer line as the same JSON
+    value: text or a number (a finite one: the output must stay JSON). RowError naming the field
+    otherwise."""
     if isinstance(value, str) and value.strip():
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return value
     shown = "NaN or infinite (a number)" if isinstance(value, float) else _not_text(value)
-    raise RowError("bad_row", f"field \"id\" is {shown}: expected text or a number, which its answer line repeats")
+    raise RowError("bad_row", f"field \"{name}\" is {shown}: expected text or a number, which its answer line "
+                              "repeats")
 
 
 def image_refs(row: dict) -> list[str]:

@@ -16,15 +16,17 @@ import sys
 from pathlib import Path
 
 from mmlora.errors import MmloraError
+from mmlora.inference.inputs import ECHOED_IDS
 
 
-def line_key(shown: dict, with_id: bool = True) -> str:
+def line_key(shown: dict, with_id: bool = True, ids: tuple[str, ...] = ECHOED_IDS) -> str:
     """What identifies a request in the output: its image(s), prompt and system, as written, and
-    its `id` when it has one (unless not `with_id`). A line without an id keys as before ids
-    were repeated, so older answers files match as they did."""
+    its ids (`id`, `question_id`; only those of `ids`) when it has them (none unless `with_id`).
+    A line without ids keys as before ids were repeated, so older answers files match as they
+    did."""
     key = {k: shown.get(k) for k in ("image", "images", "prompt", "system")}
-    if with_id and "id" in shown:
-        key["id"] = shown["id"]
+    if with_id:
+        key.update({name: shown[name] for name in ids if name in shown})
     return json.dumps(key, sort_keys=True)
 
 
@@ -63,21 +65,22 @@ def answered_keys(path: Path) -> tuple[dict[str, list[int]], int]:
 
 
 def unanswered(requests: list[str], answered: dict[str, list[int]], path: Path, source: str,
-               without_ids: list[str] | None = None) -> list[int]:
+               without_ids: list[str | list[str]] | None = None) -> list[int]:
     """Positions of the requests (keys, in input order) that `answered` lacks: each answer line
     stands for one request (a request asked twice is answered twice). `without_ids`: the same
     keys without the requests' ids, which answer lines written without an id (before the input
-    had ids, or by an older mmlora) match. An answers file none of whose lines matches a request
+    had ids, or by an older mmlora) match; a list of such keys per request is tried in order
+    (an older mmlora repeated `id` but not `question_id`). An answers file none of whose lines matches a request
     is another input's: MmloraError; some unmatched lines (an edited input) are kept, with one
     warning line."""
     left = {key: list(lines) for key, lines in answered.items()}
     todo = []
     for position, key in enumerate(requests):
-        fallback = without_ids[position] if without_ids else key
-        if left.get(key):
-            left[key].pop(0)
-        elif left.get(fallback):
-            left[fallback].pop(0)
+        fallbacks = without_ids[position] if without_ids else []
+        match = next((k for k in [key, *([fallbacks] if isinstance(fallbacks, str) else fallbacks)] if left.get(k)),
+                     None)
+        if match:
+            left[match].pop(0)
         else:
             todo.append(position)
     stray = sorted(line for lines in left.values() for line in lines)

@@ -187,14 +187,14 @@ def test_a_bad_jsonl_line_names_its_field_and_what_is_wrong(tmp_path, line, mess
     assert str(found).startswith(f"{tmp_path / 'q.jsonl'}:1: {message}")
 
 
-def test_other_fields_of_a_line_are_left_alone_but_its_id_is_repeated(tmp_path):
+def test_other_fields_of_a_line_are_left_alone_but_its_id_and_question_id_are_repeated(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     lines = [{"image": "a.png", "question": "Which?", "question_id": 7, "answers": ["red"], "id": "x1"},
              {"image": "a.png", "prompt": "Which?", "id": 12345678901234567890},
              {"image": "a.png", "prompt": "Which?", "id": -0.5}, {"image": "a.png", "prompt": "Which?"}]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     found = list(items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules()))
-    assert [item.shown for item in found] == [{"id": "x1", "image": "a.png", "prompt": "Which?"},
+    assert [item.shown for item in found] == [{"id": "x1", "question_id": 7, "image": "a.png", "prompt": "Which?"},
                                               {"id": 12345678901234567890, "image": "a.png", "prompt": "Which?"},
                                               {"id": -0.5, "image": "a.png", "prompt": "Which?"},
                                               {"image": "a.png", "prompt": "Which?"}]
@@ -208,6 +208,8 @@ def test_other_fields_of_a_line_are_left_alone_but_its_id_is_repeated(tmp_path):
     ('{"image": "a.png", "prompt": "x", "id": null}', 'field "id" is empty: expected text or a number'),
     ('{"image": "a.png", "prompt": "x", "id": " "}', 'field "id" is empty: expected text or a number'),
     ('{"image": "a.png", "prompt": "x", "id": NaN}', 'field "id" is NaN or infinite (a number): expected text'),
+    ('{"image": "a.png", "prompt": "x", "question_id": [7]}', 'field "question_id" is [7] (a list): expected text '
+                                                              "or a number, which its answer line repeats"),
 ])
 def test_an_id_that_is_not_text_or_a_number_skips_its_line(tmp_path, line, message):
     (tmp_path / "a.png").write_bytes(b"")
@@ -247,6 +249,23 @@ def test_resume_matches_answers_by_id_and_old_answers_without_ids_as_before(tmp_
                                           r"q\.jsonl, so it answers another input \(or another --prompt / --system, "
                                           r"or other ids\)"):
         unanswered(keys, answered_keys(out)[0], out, "q.jsonl", without_ids)
+
+
+def test_resume_matches_answers_by_question_id_and_older_answers_without_it(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    rows = [{"id": "q1", "question_id": 11, "image": "a.png", "prompt": "x"},
+            {"id": "q2", "question_id": 12, "image": "a.png", "prompt": "x"},
+            {"question_id": 13, "image": "a.png", "prompt": "x"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    items = list(items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules()))
+    keys = [line_key(item.shown) for item in items]
+    older = [[line_key(item.shown, ids=("id",)), line_key(item.shown, with_id=False)] for item in items]
+    out = tmp_path / "preds.jsonl"
+    out.write_text(json.dumps({"question_id": 13, "image": "a.png", "prompt": "x", "prediction": "red"}) + "\n")
+    assert unanswered(keys, answered_keys(out)[0], out, "q.jsonl", older) == [0, 1]
+    # an older mmlora repeated the id but not the question_id: matched by the id
+    out.write_text(json.dumps({"id": "q2", "image": "a.png", "prompt": "x", "prediction": "red"}) + "\n")
+    assert unanswered(keys, answered_keys(out)[0], out, "q.jsonl", older) == [0, 2]
 
 
 def test_resume_answers_a_request_asked_twice_twice(tmp_path):
