@@ -37,8 +37,13 @@ def record_path(output: Path) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of the file, read in 1 MiB pieces (hashlib.file_digest needs Python 3.11; 3.10 is
+    supported)."""
+    hasher = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while piece := handle.read(1 << 20):
+            hasher.update(piece)
+    return hasher.hexdigest()
 
 
 def run_record(model: str | None, adapter: str | None, min_pixels: int | None, max_pixels: int | None,
