@@ -62,9 +62,11 @@ def run_record(model: str | None, adapter: str | None, min_pixels: int | None, m
 
 
 def differences(recorded: dict, current: dict) -> list[str]:
-    """Each setting that differs, as `--flag OLD (this run: NEW)`."""
+    """Each setting that differs, as `--flag OLD (this run: NEW)`. An adapter folder moved or
+    copied elsewhere, with the same weights, is the same adapter."""
+    same_weights = current.get("adapter_sha256") and recorded.get("adapter_sha256") == current["adapter_sha256"]
     return [f"{LABELS.get(key, key)} {_shown(key, recorded.get(key))} (this run: {_shown(key, current.get(key))})"
-            for key in current if recorded.get(key) != current[key]]
+            for key in current if recorded.get(key) != current[key] and not (key == "adapter" and same_weights)]
 
 
 def _shown(key: str, value) -> str:

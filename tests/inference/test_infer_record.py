@@ -87,7 +87,7 @@ def write_adapter(folder, value: float):
               str(folder / "adapter_model.safetensors"))
 
 
-def test_retrained_weights_in_the_same_adapter_folder_count_as_another_adapter(tmp_path):
+def test_retrained_weights_in_the_same_adapter_folder_count_as_another_adapter_a_moved_one_not(tmp_path):
     write_adapter(tmp_path / "run", 0.5)
     settings = GenerationSettings(max_new_tokens=4)
     before = run_record(None, str(tmp_path / "run"), None, None, settings)
@@ -95,6 +95,8 @@ def test_retrained_weights_in_the_same_adapter_folder_count_as_another_adapter(t
     output = tmp_path / "preds.jsonl"
     record_path(output).write_text(json.dumps(before))
     check_record(output, run_record(None, str(tmp_path / "run"), None, None, settings), has_answers=True)
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")  # the same weights elsewhere: the same adapter
+    check_record(output, run_record(None, str(tmp_path / "moved"), None, None, settings), has_answers=True)
     write_adapter(tmp_path / "run", 0.25)
     after = run_record(None, str(tmp_path / "run"), None, None, settings)
     with pytest.raises(MmloraError, match=rf"^--output .*preds.jsonl was answered with other settings: the adapter's "
