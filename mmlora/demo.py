@@ -95,7 +95,7 @@ def before_and_after(recipe: Recipe) -> DemoResult:
         loaded = load_model_and_processor(recipe.model)
         before, acc_before = evaluate_samples(loaded.model, loaded.processor, eval_samples, recipe)
         # LoRA's B starts at zero, so the model trained next starts exactly at the one measured above.
-        result = train(staged_recipe, loaded=loaded)
+        result = train(staged_recipe, loaded=loaded, shown_dir=out)  # lines name where the files will be
         if result.interrupted_by is not None:
             raise KeyboardInterrupt
         after, acc_after = evaluate_samples(result.model, loaded.processor, eval_samples, recipe)

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlora.data.pathkinds import not_a_file
+from mmlora.data.pathkinds import DANGLING_LINK, INVALID, MISSING, PathProblem, not_a_file
 from mmlora.data.samples import RowError
 
 MIN_IMAGE_SIDE = 8
@@ -82,12 +82,12 @@ def resolve_image(ref, root: Path, allow_outside_root: bool = False, allow_urls:
 
 def _not_a_file_error(described: str, path: Path, suffix: str = "") -> RowError:
     """missing_image for a path that does not exist, image_not_a_file for a folder, pipe or loop."""
-    problem = not_a_file(path) or "does not exist"
-    if problem.startswith("does not exist"):
+    problem = not_a_file(path) or PathProblem(MISSING, "does not exist")  # gone since the caller looked
+    if problem.kind == MISSING:
         return RowError("missing_image", f"{described} not found{suffix}")
-    if problem.startswith("is not a valid path"):
+    if problem.kind == INVALID:
         return RowError("bad_row", f"{described[:120]} {problem}")
-    reason = "missing_image" if problem.endswith("does not exist") else "image_not_a_file"  # a dangling link
+    reason = "missing_image" if problem.kind == DANGLING_LINK else "image_not_a_file"
     return RowError(reason, f"{described} {problem}{suffix}")
 
 

@@ -16,13 +16,14 @@ from typing import Any, Iterator
 
 from mmlora.data.rowtext import field_list
 from mmlora.data.samples import FIELDS, RowError
-from mmlora.data.textfiles import first_text, read_text, sniff_encoding
+from mmlora.data.textfiles import check_decodes, first_text, read_text, sniff_encoding
 from mmlora.errors import MmloraError
 
 Rows = Iterator[tuple[str, Any]]
 WHOLE_DOCUMENT_LIMIT = 256 * 1024 * 1024
 """A JSON Lines file whose first line fails is tried as one document only up to this size."""
 TOO_DEEP = "nested too deeply for Python's JSON parser (hundreds of levels of [ or {)"
+JSON_WHITESPACE = " \t\r\n"
 
 
 def parse_json(text: str):
@@ -42,10 +43,40 @@ def json_file_rows(path: Path, raw: bool = False) -> Rows:
     if head.startswith("["):
         return document_rows(path, _whole_document(path, strict=True))
     if head.startswith("{") and path.stat().st_size <= WHOLE_DOCUMENT_LIMIT:
+        if _second_value_follows(path):
+            # JSON Lines: as one document it fails at its second line ("Extra data"), or at a
+            # bad byte anywhere (a file error, kept): found without reading the file whole.
+            check_decodes(path)
+            return jsonl_rows(path, raw)
         document = _whole_document(path, strict=False)
         if document is not None:
             return document_rows(path, document)
+        return jsonl_rows(path, raw, document_tried=True)
     return jsonl_rows(path, raw)
+
+
+def _second_value_follows(path: Path) -> bool:
+    """True when the file's first line that is not blank holds one whole JSON value and a later
+    line holds more than JSON whitespace; False when unsure (the whole document is tried)."""
+    if not sniff_encoding(path).startswith("utf-8"):
+        return False
+    seen_value = False
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle):
+            try:
+                text = raw.decode("utf-8").removeprefix("\ufeff" if number == 0 else "")
+            except UnicodeDecodeError:
+                return False
+            if not text.strip(JSON_WHITESPACE):
+                continue
+            if seen_value:
+                return True
+            try:
+                json.loads(text)
+            except (ValueError, RecursionError):  # not one value (or too deep, or a huge number)
+                return False
+            seen_value = True
+    return False
 
 
 def _whole_document(path: Path, strict: bool):
@@ -88,14 +119,15 @@ def parse_line(text: str):
     return parse_json(text.removeprefix("\ufeff"))
 
 
-def jsonl_rows(path: Path, raw: bool = False) -> Rows:
+def jsonl_rows(path: Path, raw: bool = False, document_tried: bool = False) -> Rows:
     """JSON Lines, line by line; a file whose first line is not JSON but which is one JSON
     document as a whole (pretty-printed) is read as that document.
 
     raw: every line after the first one that holds something is yielded as a `RawLine`, not
     parsed (the Arrow pre-scan parses lines in its worker processes, with `parse_line`, into
     the rows and errors this function would have given); blank lines and undecodable bytes
-    are handled here all the same."""
+    are handled here all the same. `document_tried`: the caller found the file is not one
+    document (json_file_rows), so it is not parsed whole again."""
     codec = sniff_encoding(path)
     lines = _utf8_lines(path, codec) if codec.startswith("utf-8") else _decoded_lines(path)
     first = True
@@ -112,7 +144,7 @@ def jsonl_rows(path: Path, raw: bool = False) -> Rows:
         try:
             row = parse_line(text)
         except RowError as err:
-            if first and err.detail != TOO_DEEP and path.stat().st_size <= WHOLE_DOCUMENT_LIMIT:
+            if first and not document_tried and err.detail != TOO_DEEP and path.stat().st_size <= WHOLE_DOCUMENT_LIMIT:
                 document = _whole_document(path, strict=False)
                 if document is not None:
                     yield from document_rows(path, document)

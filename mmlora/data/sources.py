@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from mmlora.data.csvrows import csv_header, csv_rows
 from mmlora.data.jsonrows import json_file_rows, jsonl_rows
-from mmlora.data.pathkinds import not_a_file
+from mmlora.data.pathkinds import FOLDER, not_a_file
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
 
@@ -50,7 +50,7 @@ def open_source(source, image_root: Path | None = None, name: str = "dataset", r
                       list(columns) if columns is not None else None)
     path = Path(source)
     problem = not_a_file(path)
-    if problem == "is a folder, not a file":
+    if problem and problem.kind == FOLDER:
         rows, root, columns = _folder_rows(path)
         return Source(str(path), image_root or root, rows, columns=columns)
     if problem:

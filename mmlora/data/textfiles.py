@@ -53,6 +53,19 @@ def read_text(path: Path) -> str:
                           f"at byte {err.start}, near line {line}); re-export the file as UTF-8.") from None
 
 
+def check_decodes(path: Path, chunk_size: int = 1 << 20) -> None:
+    """read_text's MmloraError when the file does not decode, without holding the file: it is
+    decoded in chunks and nothing kept (for a file then read line by line)."""
+    decoder = codecs.getincrementaldecoder(sniff_encoding(path))()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(chunk_size):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        read_text(path)  # raises, naming the byte and line exactly as a whole read does
+
+
 def first_text(path: Path, size: int = 64) -> str:
     """The first characters of a file (BOM removed, undecodable bytes replaced), to sniff its shape."""
     with path.open("rb") as handle:

@@ -245,9 +245,8 @@ def load_model_and_processor(cfg: ModelConfig, device: str | None = None,
 def save_tiny_model(model_id: str, out_dir: str | Path) -> Path:
     """Write a built-in tiny model as a normal checkpoint folder: its weights and the shipped
     processor files, verbatim (the twin's own bounds, not the recipe defaults)."""
-    cfg = ModelConfig(name=model_id)
-    loaded = load_model_and_processor(cfg, device="cpu")
     out_dir = Path(out_dir)
-    loaded.model.save_pretrained(out_dir)
+    # Only the weights are built: the processor files are copied, so no processor is loaded.
+    build_tiny_model(model_id).save_pretrained(out_dir)
     copy_processor_files(model_id, out_dir)
     return out_dir

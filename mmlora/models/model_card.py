@@ -15,6 +15,7 @@ checkpoint or best/ is replaced (`carry_own_readme`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,8 +46,17 @@ def _recipe(run_dir: Path) -> dict:
         return {}
 
 
+def _data_report(run_dir: Path) -> dict:
+    """The run's data_report.json: a run's `checkpoint-N/` or `best/` (given to `mmlora export`, or
+    merged) has none of its own, so its run folder's, one level up, is read."""
+    report = _json(run_dir / "data_report.json")
+    if report is None and (run_dir.name == "best" or re.fullmatch(r"checkpoint-\d+", run_dir.name)):
+        report = _json(run_dir.parent / "data_report.json")
+    return report if isinstance(report, dict) else {}
+
+
 def _data_lines(run_dir: Path, recipe: dict) -> list[str]:
-    data, report = recipe.get("data", {}), _json(run_dir / "data_report.json") or {}
+    data, report = recipe.get("data", {}), _data_report(run_dir)
     lines = []
     for split, part in (("train", report), ("eval", report.get("eval") or {})):
         source = part.get("source") or data.get(split)

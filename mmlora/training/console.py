@@ -196,13 +196,15 @@ class TrainingConsole(TrainerCallback):
         return lines
 
 
-def attach_console(trainer, recipe) -> TrainingConsole:
+def attach_console(trainer, recipe, shown_dir=None) -> TrainingConsole:
     """Replace the Trainer's dict printing with TrainingConsole (bars stay, on a terminal only:
-    pass `disable_tqdm=not progress_bars_wanted()` to TrainingArguments)."""
+    pass `disable_tqdm=not progress_bars_wanted()` to TrainingArguments). `shown_dir`: the
+    folder the summary names instead of the output dir (see train.train)."""
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgress)
     rule = recipe.eval.vqa_normalization if recipe.task == "vqa" else None
-    console = TrainingConsole(trainer.args.output_dir, recipe.eval.best_metric, vqa_normalization=rule)
+    console = TrainingConsole(str(shown_dir or trainer.args.output_dir), recipe.eval.best_metric,
+                              vqa_normalization=rule)
     trainer.add_callback(console)
     return console

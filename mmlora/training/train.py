@@ -163,11 +163,13 @@ def _explain_oom(recipe: Recipe) -> MmloraError:
 
 
 def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None = None,
-          overwrite: bool = False, callbacks: list = ()) -> TrainResult:
+          overwrite: bool = False, callbacks: list = (), shown_dir: Path | None = None) -> TrainResult:
     """Run one fine-tune as the recipe says; returns where it saved and the trained model.
 
     `resume`: `latest` or a checkpoint directory. `overwrite`: reuse a non-empty output dir.
     `callbacks`: extra `transformers.TrainerCallback`s, run before mmlora's own.
+    `shown_dir`: the folder printed lines name, when the caller moves train.output_dir there
+    afterwards (the demo trains into a staging folder): the user finds the files there.
     """
     import torch
 
@@ -229,7 +231,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     train_samples = len(data.dataset) if hasattr(data.dataset, "__len__") else None
     vision_store = attach_training_cache(trainer, loaded.family, recipe, train_samples, world_size())
     evaluation.attach(trainer)
-    attach_console(trainer, recipe)  # readable log lines and summary (mmlora/training/console.py)
+    attach_console(trainer, recipe, shown_dir)  # readable log lines and summary (mmlora/training/console.py)
     install_param_groups(trainer, loaded.family, recipe.lora)  # LoRA+, per-component learning rates
     interrupt.install()
     try:
@@ -246,7 +248,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
                 f"Last good checkpoint: {trainer.last_checkpoint or 'none yet'}. Lower "
                 "train.learning_rate, check the data, or raise train.max_bad_steps."
             )
-        finish_run(trainer, evaluation, interrupt, result, recipe)
+        finish_run(trainer, evaluation, interrupt, result, recipe, shown_dir)
     finally:
         interrupt.uninstall()
     report_training_cache(vision_store, trainer.accelerator, world_size())  # a collective: success path only
@@ -260,7 +262,8 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
     return result
 
 
-def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainResult, recipe: Recipe) -> None:
+def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainResult, recipe: Recipe,
+               shown_dir: Path | None = None) -> None:
     """Save the final adapter of a run that reached its last step, then evaluate it.
 
     The adapter is written first, with signals still deferred (a Ctrl-C cannot cut a file in
@@ -280,7 +283,7 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
     state = gathered_trainable_state(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.args.should_save:
         save_outputs(result.output_dir, result.model, result.loaded, recipe, trainer.state.log_history, state)
-        print(f"saved adapter, processor and recipe to {result.output_dir}")
+        print(f"saved adapter, processor and recipe to {shown_dir or result.output_dir}")
     result.adapter_saved = True
     if not evaluation.wants_final():
         result.interrupted_by = None  # a signal during the last step found nothing left undone

@@ -11,7 +11,7 @@ from mmlora.cli import main
 from mmlora.config.schema import LoraConfig, ModelConfig
 from mmlora.models.loading import load_model_and_processor
 from mmlora.models.lora import apply_lora, save_adapter
-from mmlora.models.model_card import CARD_MARK_PREFIX, keep_own_readme, write_run_card, write_snapshot_card
+from mmlora.models.model_card import CARD_MARK_PREFIX, card_text, keep_own_readme, write_run_card, write_snapshot_card
 
 PEFT_TEMPLATE = "[More Information Needed]"
 
@@ -95,3 +95,21 @@ def test_a_readme_of_the_users_survives_a_checkpoint_or_best_being_replaced(tmp_
         assert write_snapshot_card(staged, final, tmp_path, "tiny/qwen2-vl") is not kept
         card = (staged / "README.md").read_text()
         assert card == old_readme if kept else "the best of its run by eval loss, saved at step 3" in card
+
+
+@pytest.mark.parametrize("snapshot", ["checkpoint-2", "best"])
+def test_a_snapshots_card_counts_its_runs_data(tmp_path, snapshot):
+    """`mmlora export RUN/checkpoint-N` (or best/): data_report.json is in the run folder, one level
+    up; the card shows its counts, not only the recipe's sources."""
+    run, folder = tmp_path / "run", tmp_path / "run" / snapshot
+    folder.mkdir(parents=True)
+    (run / "data_report.json").write_text(json.dumps(
+        {"source": "train.jsonl", "rows": 12, "samples": 10, "skipped_rows": 2,
+         "eval": {"source": "val.jsonl", "rows": 4, "samples": 4}}))
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({"data": {"train": "train.jsonl", "eval": "val.jsonl"}}))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2, "max_steps": 4, "log_history": []}))
+    card = card_text(folder, folder, "tiny/qwen2-vl", merged=False, vllm_lines=[])  # as `mmlora export` calls it
+    assert "- train: `train.jsonl`: 10 samples from 12 rows, 2 rows skipped" in card
+    assert "- eval: `val.jsonl`: 4 samples from 4 rows, 0 rows skipped" in card
+    (run / "data_report.json").unlink()  # no report anywhere: the recipe's sources, without counts
+    assert "- train: `train.jsonl`\n" in card_text(folder, folder, "tiny/qwen2-vl", merged=False, vllm_lines=[])

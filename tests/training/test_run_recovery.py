@@ -212,13 +212,16 @@ def test_a_start_that_failed_before_training_does_not_block_the_rerun(tmp_path):
     assert (result.output_dir / "adapter_model.safetensors").is_file()
 
 
-def test_demo_rerun_and_interruption_never_leave_a_mixed_folder(tmp_path):
+def test_demo_rerun_and_interruption_never_leave_a_mixed_folder(tmp_path, capsys):
     from mmlora.demo import run_demo
 
     out = tmp_path / "demo"
     short = [f"train.output_dir={out}", "train.max_steps=2", "eval.limit=2", "train.eval_strategy=never",
              "train.save_steps=0"]
     run_demo("tiny_vqa", [*short, "eval.generate_at_end=true"])
+    printed = capsys.readouterr().out  # the training lines name the folder the user finds, not the staging one
+    assert f"adapter: {out}\n" in printed and f"saved adapter, processor and recipe to {out}\n" in printed
+    assert "staging" not in printed
     assert (out / "eval_metrics.json").is_file()
     run_demo("tiny_vqa", [*short, "eval.generate_at_end=false"])  # rerun: nothing of the first is left
     assert not (out / "eval_metrics.json").exists() and not (out / "eval_predictions.jsonl").exists()

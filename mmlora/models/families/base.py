@@ -64,6 +64,13 @@ def tiny_text_config(model_type: str, vocab_size: int, bos: int, eos: int, pad: 
     }
 
 
+def tiny_vision_config(model_type: str, **extra) -> dict:
+    """The tiny twins' vision tower: 2 layers, hidden 32, 56-px images in 14-px patches (16
+    patches); `extra` adds family fields."""
+    return {"model_type": model_type, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 56, "patch_size": 14, **extra}
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: its dict fields are not hashable
 class TinySpec:
     """How a family's offline tiny twin is built: random weights from a small config plus a real

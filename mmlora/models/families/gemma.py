@@ -12,7 +12,8 @@ the suffix (`PALIGEMMA_CHAT_TEMPLATE`), trains up to and including <eos>, and pa
 
 from __future__ import annotations
 
-from mmlora.models.families.base import Family, ImageTokens, TinySpec, repeated, tiny_text_config
+from mmlora.models.families.base import (Family, ImageTokens, TinySpec, repeated, tiny_text_config,
+                                         tiny_vision_config)
 from mmlora.models.families.features import BATCH_STACKED
 
 BOI, EOI, SOFT = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -95,9 +96,7 @@ def _gemma_text(model_type: str, token_id, vocab_size: int, **extra) -> dict:
 
 def _siglip(**extra) -> dict:
     """SigLIP tower: 2 layers, 56-px images, 14-px patches (16 patches), no pooling head."""
-    return {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 56, "patch_size": 14,
-            "vision_use_head": False, **extra}
+    return tiny_vision_config("siglip_vision_model", vision_use_head=False, **extra)
 
 
 def tiny_gemma3_config(token_id, vocab_size: int) -> dict:

@@ -8,7 +8,8 @@ use model_type idefics3; SmolVLM2 uses smolvlm with the same layout.
 
 from __future__ import annotations
 
-from mmlora.models.families.base import Family, ImageTokens, TinySpec, tile_bounds, tiny_text_config
+from mmlora.models.families.base import (Family, ImageTokens, TinySpec, tile_bounds, tiny_text_config,
+                                         tiny_vision_config)
 
 IMAGE, AROUND, GLOBAL = "<image>", "<fake_token_around_image>", "<global-img>"
 
@@ -63,15 +64,7 @@ def tiny_smolvlm_config(token_id, vocab_size: int) -> dict:
         "tie_word_embeddings": False,
         "text_config": tiny_text_config("llama", vocab_size, token_id("<|im_start|>"),
                                         token_id("<end_of_utterance>"), token_id("<|im_end|>")),
-        "vision_config": {
-            "model_type": "idefics3_vision",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-        },
+        "vision_config": tiny_vision_config("idefics3_vision"),
     }
 
 

@@ -9,7 +9,7 @@ learn where its answer ends.
 
 from __future__ import annotations
 
-from mmlora.models.families.base import Family, TinySpec, repeated, tiny_text_config
+from mmlora.models.families.base import Family, TinySpec, repeated, tiny_text_config, tiny_vision_config
 from mmlora.models.families.features import BATCH_LISTED
 
 IMAGE = "<image>"
@@ -96,16 +96,7 @@ def _tiny_llava_config(model_type: str, architecture: str, token_id, vocab_size:
         **extra,
         "text_config": tiny_text_config("llama", vocab_size, token_id("<s>"), token_id("</s>"),
                                         token_id("<pad>")),
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 56,
-            "patch_size": 14,
-            "projection_dim": 32,
-        },
+        "vision_config": tiny_vision_config("clip_vision_model", projection_dim=32),
     }
 
 
