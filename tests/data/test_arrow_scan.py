@@ -354,7 +354,7 @@ def test_the_piecewise_split_matches_added_tokens_as_the_tokenizer_does(processo
     backend = processor.tokenizer.backend_tokenizer
     image = processor.family.feature_token
     encoder = PiecewiseEncoder.checked(backend, processor.tokenize, image)
-    assert encoder is not None and encoder.split.pattern.startswith(r"<\|")  # the tokens' common start, once
+    assert encoder is not None and encoder.split.pattern.startswith(r"(<\|")  # the tokens' common start, once
     texts = ["<|im_", "<|<|im_end|>", "<<|im_start|>|>", f"x<|{image * 3}|>{image}<|im_start", "<||>", "|><|"]
     for text in texts:
         assert encoder(text) == processor.tokenize(text), text
