@@ -3,7 +3,8 @@
 Images are small PNGs of varied sizes (so visual-token counts differ); rows are flat VQA,
 captions (some with several captions) and two-turn conversations, with questions and answers of
 varied length, the rows of one image next to each other (as VQA sets list them), and 0.2% bad
-rows (a missing image, an empty answer) so the scan's error path runs too. Deterministic by seed.
+rows (a missing image, an empty answer) so the scan's error path runs too. Deterministic by seed:
+the rows and images depend on the seed and sizes only, not on which images a folder already holds.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def write_scan_data(folder: Path, rows: int, images: int | None = None, seed: in
     names = []
     for i in range(images or max(1, rows // 10)):
         name = f"images/{i:06d}.png"
+        # Drawn whether or not the file is there (a rerun keeps it: the same seed drew the same
+        # image), so the rows drawn next are the same on a rerun over an existing folder.
+        image = _image(rng, SIZES[i % len(SIZES)])
         if not (folder / name).exists():
-            _image(rng, SIZES[i % len(SIZES)]).save(folder / name)
+            image.save(folder / name)
         names.append(name)
     lines = []
     for i in range(rows):

@@ -149,16 +149,16 @@ def cmd_tiny(args) -> int:
 
 def cmd_eval(args) -> int:
     apply_gpu_selection(args.gpu)
-    from mmlora.config.loading import load_recipe
+    from mmlora.config.loading import load_recipe_and_set_keys
     from mmlora.evaluation.report import metric_rows
     from mmlora.evaluation.run import run_eval
     from mmlora.models.processor_files import recipe_sets_bounds
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe, set_keys = load_recipe_and_set_keys(args.recipe, args.overrides)  # one parse: errors said once
     if args.vqa_normalization:
         recipe.eval.vqa_normalization = args.vqa_normalization
     report, out = run_eval(recipe, args.adapter, args.compare_base, args.split, args.limit, args.output_dir,
-                           recipe_sets_bounds=recipe_sets_bounds(args.recipe, args.overrides))
+                           recipe_sets_bounds=recipe_sets_bounds(set_keys))
     labels = [run.label for run in report.runs] + (["difference"] if len(report.runs) > 1 else [])
     print(f"{'metric (x100)':<26}" + "".join(f"{label:>12}" for label in labels))
     for row in metric_rows(report):

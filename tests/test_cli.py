@@ -83,3 +83,31 @@ def test_infer_with_adapter_alone_reads_base_model(tmp_path, demo_image):
     result = mmlora("infer", "--adapter", str(out), "--image", str(demo_image), "--prompt", "What color is the shape?")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_eval_reads_and_checks_the_recipe_and_its_overrides_once(tmp_path, monkeypatch, capsys):
+    """`mmlora eval` parses the recipe file and the overrides once (whether they set the image
+    bounds comes from that same parse): an override error is said once, the file read once."""
+    from pathlib import Path
+
+    from mmlora.cli import main
+    from mmlora.config.paths import resolve_recipe_path
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(resolve_recipe_path("tiny_vqa").read_text())
+    reads, read_text = [], Path.read_text
+
+    def counted(path, *args, **kwargs):
+        reads.extend([path] if Path(path).resolve() == recipe.resolve() else [])
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    assert main(["eval", str(recipe), "model.max_pixels=abc"]) == 2
+    assert capsys.readouterr().err == ("mmlora: error: override 'model.max_pixels=abc': model.max_pixels: got 'abc', "
+                                       "expected an integer.\n")
+    assert len(reads) == 1
+    reads.clear()
+    out = tmp_path / "eval"
+    assert main(["eval", str(recipe), f"train.output_dir={tmp_path / 'none'}", "--limit", "1",
+                 "--output-dir", str(out)]) == 0
+    assert len(reads) == 1 and (out / "metrics.json").is_file()

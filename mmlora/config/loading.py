@@ -169,6 +169,11 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def recipe_from_dict(data: dict, overrides: list[str] = (), source: str = "recipe") -> Recipe:
     """Build and validate a Recipe from raw data plus `key=value` overrides."""
+    return _build(data, overrides, source)[0]
+
+
+def _build(data: dict, overrides: list[str], source: str) -> tuple[Recipe, dict]:
+    """The validated Recipe and the raw data it was built from (overrides applied)."""
     data = dict(data or {})
     for assignment in overrides:
         check_override(assignment)  # a bad override is named as typed, not as the recipe file
@@ -180,7 +185,7 @@ def recipe_from_dict(data: dict, overrides: list[str] = (), source: str = "recip
         named = overrides_named_in(str(err), list(overrides))
         where = f"{source} with override {', '.join(named)}" if named else source
         raise MmloraError(f"{where}: {err}") from None
-    return recipe
+    return recipe, data
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -189,12 +194,20 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     Relative data paths resolve against the current directory (as paths given on the command
     line do); `asset://...` names data shipped with mmlora, so shipped recipes run anywhere.
     """
+    return load_recipe_and_set_keys(path, overrides)[0]
+
+
+def load_recipe_and_set_keys(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, frozenset[str]]:
+    """`load_recipe`, and the dotted keys (`model.max_pixels`) the file or an override sets: the
+    fields not left at their defaults. One read and one parse of the file and the overrides."""
     path = resolve_recipe_path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise MmloraError(f"{path}: not valid YAML ({err}).") from None
-    return recipe_from_dict(data, overrides, source=str(path))
+    recipe, data = _build(data, overrides, source=str(path))
+    keys = {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
+    return recipe, frozenset(keys | {section for section, values in data.items() if not isinstance(values, dict)})
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

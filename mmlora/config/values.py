@@ -16,20 +16,46 @@ from mmlora.config.keys import unknown_key_hint  # full dotted keys, across sect
 from mmlora.errors import MmloraError
 
 
+_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+          type(None): "null"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "true or false values", dict: "mappings"}
+_DATA_SOURCE = {str, dict}
+"""data.train / data.eval: one source is a string (a file, folder or hf: hub id) or a mapping
+{path, ...}; said as what they are rather than as their Python types."""
+
+
+def _options(tp: Any) -> list:
+    return list(typing.get_args(tp)) if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+
+
+def _join(words: list[str]) -> str:
+    """`a`, `a or b`, `a, b, or c` (the last comma keeps "a path or hub id, a mapping, or ..." readable)."""
+    return words[0] if len(words) == 1 else " or ".join(words) if len(words) == 2 else \
+        ", ".join(words[:-1]) + ", or " + words[-1]
+
+
+def _plural(tp: Any) -> str:
+    return " or ".join(_PLURALS.get(option, str(option)) for option in _options(tp))
+
+
 def _describe(tp: Any) -> str:
-    """A type annotation in words, for error messages ("one of 'caption', 'vqa'")."""
+    """A type annotation in words, for error messages: "one of 'caption', 'vqa'", "a string or a
+    list of strings"; a union of single values and a list of the same values says "a list of these"."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if tp is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+        return f"a list of {_plural(typing.get_args(tp)[0])}"
+    if origin not in (typing.Union, types.UnionType):
+        return _WORDS.get(tp, str(tp))
+    options = [o for o in typing.get_args(tp) if o is not type(None)]
+    singles = [o for o in options if typing.get_origin(o) is not list]
+    lists = [o for o in options if typing.get_origin(o) is list]
+    words = ["a path or hub id", "a mapping"] if set(singles) == _DATA_SOURCE else [_describe(o) for o in singles]
+    for option in lists:
+        same = len(singles) > 1 and set(_options(typing.get_args(option)[0])) == set(singles)
+        words.append("a list of these" if same else _describe(option))
+    return _join(words + (["null"] if len(options) < len(typing.get_args(tp)) else []))
 
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

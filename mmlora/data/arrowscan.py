@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +36,9 @@ from mmlora.data.fastmeasure import MeasuringProcessor
 from mmlora.data.jsonrows import RawLine, parse_line
 from mmlora.data.loading import ImageChecker, RowResult, open_rows, row_result
 from mmlora.data.samples import RowError
-from mmlora.data.scan_guards import cache_usable, read_or_discard, unwritable
+from mmlora.data.scan_guards import cache_usable, killed_process_error, read_or_discard, unwritable
+from mmlora.data.scan_seal import intact, seal
+from mmlora.data.scan_wait import Heartbeat, mark_serial, remove_leftovers, wait_for_first_process
 from mmlora.data.scanstore import (
     ArrowSamples, cache_root, file_stat, encode_sample, fingerprint, images_unchanged, processor_identity, read_arrow,
 )
@@ -78,19 +79,25 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
             return found
         shared = cache_usable(cache_root())  # else every process scans without it (one warning)
         if shared and local_rank != 0:
-            return _wait_for_result(final, name, source, cfg.max_length)
+            done, found = wait_for_first_process(final, name, lambda: load_result(final, name, source, cfg.max_length))
+            if done:
+                return found
+            shared = False  # it stopped without a result (warned): scan here, without the cache
     stale = (final / "scan.json").is_file()
+    if shared:
+        remove_leftovers(final)
     try:
         work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=_made(cache_root()) if shared else None))
     except OSError as error:
         unwritable(cache_root() if shared else Path(tempfile.gettempdir()), error, None)
         return None
-    kept = False
+    kept, beat = False, Heartbeat(work).start() if shared else None  # the waiting ranks see it is alive
     try:
         if not _scan_into(work, source, cfg, processor, name, expand_captions, progress, bounds):
             if shared:  # tells the other ranks to scan in one process too
-                final.with_suffix(".serial").touch()
+                mark_serial(final)
             return None
+        seal(work)
         if not shared:  # read from until this process ends
             atexit.register(shutil.rmtree, work, True)
             kept = True
@@ -105,7 +112,11 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
     except OSError as error:  # a full disk, a folder gone read-only: scan in one process instead
         unwritable(work.parent, error, final.with_suffix(".serial") if shared else None)
         return None
+    except RuntimeError as error:  # datasets' map when one of its processes was killed
+        raise killed_process_error(error, source) or error
     finally:
+        if beat:
+            beat.stop()
         if not kept:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -113,17 +124,6 @@ def scan_arrow(source, cfg, processor, name: str, expand_captions: bool, progres
 def _made(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def _wait_for_result(final: Path, name: str, source, max_length: int) -> SplitScan | None:
-    """Another rank of this machine scans; read its result once it is there (None when its rows
-    could not be stored and it scanned in one process)."""
-    log.info("%s data: waiting for the first process's scan (%s)", name, final)
-    while True:
-        found = load_result(final, name, source, max_length)
-        if found is not None or final.with_suffix(".serial").exists():
-            return found
-        time.sleep(0.5)
 
 
 def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: bool, progress: bool,
@@ -357,7 +357,7 @@ def _read_result(folder: Path, name: str, source, max_length: int) -> SplitScan 
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
-    if not images_unchanged(meta["images"]):
+    if not images_unchanged(meta["images"]) or not intact(folder, meta):  # damaged: raises (read_or_discard)
         return None
     mark_used(meta_path)  # `mmlora cache clear --older-than` goes by when an entry was last read
     texts = {hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest(): t for t in meta["expansions"]}

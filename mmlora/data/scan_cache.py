@@ -3,7 +3,8 @@
 Layout (data/arrowscan.py writes it, under scanstore.cache_root()): a finished result is a folder
 named by its 32-hex fingerprint holding scan*.arrow files and scan.json (written last; it records
 the data source and split); a scan in progress is a temporary folder `FINGERPRINT.XXXXXXXX`; a
-`FINGERPRINT.serial` file tells the other ranks that a split was scanned in one process.
+`FINGERPRINT.serial` file (naming the launch that wrote it: scan_wait.py) tells the other ranks of
+that launch that a split was scanned in one process.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ an unusable cache is never fatal.
 
 - A result folder whose scan.json or Arrow files are cut short, garbage, missing or of another
   layout is logged in one line, deleted and scanned again (`read_or_discard`).
+- A scan process killed mid-scan (out of memory) is a one-line error saying what to change
+  (`killed_process_error`), not datasets' RuntimeError.
 - A cache root that cannot be written (a read-only folder, $MMLORA_SCAN_CACHE naming a file, a
   full disk) makes the split scan without the cache, with one warning line naming the folder and
   the setting to change (`cache_usable`, `unwritable`).
@@ -16,7 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mmlora.data.scan_wait import launch_id
 from mmlora.data.scanstore import cache_root
+from mmlora.errors import MmloraError
 
 log = logging.getLogger(__name__)
 FIX = "set $MMLORA_SCAN_CACHE to a writable folder, or data.scan_cache: false to scan without it"
@@ -91,6 +95,15 @@ def unwritable(root: Path, error: OSError, serial_marker: Path | None) -> None:
     warn_unwritable(root, error)
     if serial_marker is not None:
         try:
-            serial_marker.touch()
-        except OSError:
+            serial_marker.write_text(launch_id())  # this launch's (scan_wait.marked_serial)
+        except OSError:  # the waiting processes notice the first one stopped (scan_wait)
             pass
+
+
+def killed_process_error(error: RuntimeError, source) -> MmloraError | None:
+    """The one-line error for datasets' map losing one of its processes (killed, most often for
+    lack of memory), or None for another RuntimeError."""
+    if "subprocesses has abruptly died" not in str(error):
+        return None
+    return MmloraError(f"{source}: a scan process was killed before the scan ended (out of memory?); "
+                       "set data.num_proc lower (fewer processes use less memory) and run again")

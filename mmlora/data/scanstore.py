@@ -133,10 +133,18 @@ class ArrowSamples(Sequence):
     """The usable samples of a scanned split, each built from its memory-mapped row on access.
 
     Sample i is the `positions[i]`-th usable sample of row `rows[i]` (a row's "samples" column
-    holds its usable samples as JSON, its "blobs" column the bytes of images stored inline)."""
+    holds its usable samples as JSON, its "blobs" column the bytes of images stored inline).
+
+    The files are mapped when the samples are made, so DataLoader workers forked later share that
+    mapping even if the result is deleted or replaced meanwhile (`mmlora cache clear`, another run
+    scanning the split again). A copy that reopens them (a spawned worker) first checks they are
+    still the files it was made from; a file gone, replaced or garbled is a one-line MmloraError
+    naming the result and what to do, never a traceback or another scan's sample."""
 
     def __init__(self, files: list[Path], rows: array.array, positions: array.array):
-        self.files, self.rows, self.positions, self._table = list(files), rows, positions, None
+        self.files, self.rows, self.positions = list(files), rows, positions
+        self.identity = [_identity(path) for path in self.files]
+        self._table = self._open()
 
     def __getstate__(self):  # DataLoader workers reopen the memory-mapped files
         return {**self.__dict__, "_table": None}
@@ -148,9 +156,36 @@ class ArrowSamples(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if self._table is None:
-            self._table = read_arrow(self.files)
-        row = self.rows[index]
-        samples = json.loads(self._table.column("samples")[row].as_py())
-        blobs = self._table.column("blobs")[row].as_py() if any("blob" in ref for ref in
-                                                                 samples[self.positions[index]]["images"]) else []
-        return decode_sample(samples[self.positions[index]], blobs)
+            self._table = self._open()
+        row, position = self.rows[index], self.positions[index]  # IndexError past the end: iteration stops
+        try:
+            samples = json.loads(self._table.column("samples")[row].as_py())
+            blobs = self._table.column("blobs")[row].as_py() if any("blob" in ref for ref in
+                                                                     samples[position]["images"]) else []
+            return decode_sample(samples[position], blobs)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:  # a garbled stored sample
+            raise self._damaged(f"its sample {index} cannot be read ({type(error).__name__}: {error})") from None
+
+    def _open(self):
+        import pyarrow as pa
+
+        if [_identity(path) for path in self.files] != self.identity:
+            raise self._damaged("its files were removed or replaced since it was read")
+        try:
+            return read_arrow(self.files)
+        except (OSError, pa.ArrowException) as error:
+            raise self._damaged(f"its files cannot be read ({type(error).__name__}: {error})") from None
+
+    def _damaged(self, what: str) -> MmloraError:
+        folder = self.files[0].parent if self.files else "?"
+        return MmloraError(f"scan result {folder}: {what}".splitlines()[0] + "; run `mmlora cache clear scan` "
+                           "and start again (the data is scanned anew)")
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, None when it is gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns

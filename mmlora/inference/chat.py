@@ -10,7 +10,8 @@ once). Commands, on a line of their own:
 
 Answers go to stdout, one per turn (streamed as generated); everything else (the prompt sign,
 notes, errors about a turn) goes to stderr, so `mmlora chat ... < questions.txt > answers.txt`
-keeps only the answers. A bad image or an unknown command is reported and the chat goes on.
+keeps only the answers. A bad image, an unknown command or a message that would take the
+conversation past the model's context is reported and the chat goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TextIO
 
 from mmlora.data.images import load_image
 from mmlora.errors import MmloraError
+from mmlora.inference.context_length import context_overflow
 from mmlora.inference.engine import GenerationSettings, Request, Turn, resolve_images
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
@@ -64,6 +66,10 @@ def chat_turn(engine, conversation: Conversation, text: str, settings: Generatio
     """Answer `text` (with the attached images) in the context of the conversation, printing the
     answer as it is generated, and add both turns to the history."""
     request = Request(text, conversation.pending, conversation.system, conversation.history, where="chat")
+    overflow = context_overflow(engine, request, settings)
+    if overflow:  # past the context the model answers garbage; the turn is not added
+        raise MmloraError(f"{overflow.describe('--max-new-tokens', 'the conversation with this message')}; "
+                          "/reset to start over, or write a shorter message.")
     if settings.num_beams == 1:
         answer = ""
         for chunk in engine.stream(request, settings):

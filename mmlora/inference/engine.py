@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlora.config.paths import ASSET_SCHEME, resolve_data_path
+from mmlora.data.collate import prompt_messages
 from mmlora.data.images import load_image, resolve_image
 from mmlora.data.samples import RowError, Sample, assistant_turn, system_turn, user_turn
 from mmlora.evaluation.generate import Generated
@@ -154,6 +155,13 @@ class InferenceEngine:
         resolved = resolve_images(sample.images, request.where, allow_urls=self.allow_urls)
         sample.images = [load_image(ref, request.where) for ref in resolved]
         return sample
+
+    def prompt_tokens(self, request: Request) -> int:
+        """How many tokens the request's prompt is as generation encodes it (chat template,
+        text and visual tokens; `Generated.prompt_tokens` of its answer), without generating."""
+        sample = self._sample(request)
+        text = self.processor.render(prompt_messages(sample), add_generation_prompt=True)
+        return len(self.processor.at_bounds(sample.pixel_bounds).encode(text, sample.images).input_ids)
 
     def answer(self, requests: list[Request], settings: GenerationSettings | None = None,
                batch_size: int = 8) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError
 from mmlora.errors import MmloraError
+from mmlora.inference.context_length import context_overflow, model_context
 from mmlora.inference.engine import GenerationSettings
 from mmlora.inference.flags import (
     add_generation_flags, add_model_flags, check_model_flags, load_engine, settings_from,
@@ -60,6 +61,10 @@ def check_args(args) -> None:
         raise MmloraError("--prompt is required (with a JSONL --images file, lines may carry their own).")
     if args.images and not args.output:
         raise MmloraError("--images needs --output FILE.jsonl, where the answers go, one JSON line each.")
+    if args.output and args.images and Path(args.images).is_file() and Path(args.output).resolve() == Path(
+            args.images).resolve():
+        raise MmloraError(f"--output {args.output} is the --images file itself; answers go to a file of their own: "
+                          "choose another --output.")
     if args.resume and not args.output:
         raise MmloraError("--resume continues an --output file; give --output.")
     if args.batch_size < 1:
@@ -89,7 +94,8 @@ def cmd_infer(args) -> int:
         output = Path(args.output)
         keys, torn = answered_keys(output)
         todo = [items[i] for i in unanswered([line_key(item.shown) for item in items], keys, output,
-                                             args.images or "the --image request")]
+                                             args.images or "the --image request",
+                                             [line_key(item.shown, with_id=False) for item in items])]
         done, items = len(items) - len(todo), todo
         writer = PredictionWriter(output, torn)
     if not items and not skipped and not done:
@@ -97,8 +103,10 @@ def cmd_infer(args) -> int:
     if args.image:  # the images of one prompt are read before the weights load: fail fast
         items = [decoded(item, strict=True) for item in items]
     engine = load_engine(args) if items else None  # all answered already: no need for weights
+    if engine:
+        check_answer_budget(engine, settings)
     try:
-        answered, failed = answer_items(engine, items, settings, args.batch_size, writer)
+        answered, failed = answer_items(engine, items, settings, args.batch_size, writer, strict=bool(args.image))
     finally:
         if writer:
             writer.close()
@@ -138,10 +146,36 @@ def decoded(item: Item, strict: bool) -> Item | None:
         return None
 
 
+def check_answer_budget(engine, settings: GenerationSettings) -> None:
+    """One line, rather than a skip per request, when --max-new-tokens alone fills the context."""
+    context = model_context(engine.model.config)
+    if context and settings.max_new_tokens >= context:
+        raise MmloraError(f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt in the model's "
+                          f"context of {context} tokens; lower it.")
+
+
+def fits(engine, item: Item, settings: GenerationSettings, strict: bool) -> bool:
+    """Whether the item's prompt and --max-new-tokens fit the model's context
+    (mmlora/inference/context_length.py); False after logging why it is skipped, or with
+    `strict` a one-line error."""
+    overflow = context_overflow(engine, item.request, settings)
+    if overflow is None:
+        return True
+    prompt = "--prompt or --system" if strict else "its prompt"
+    problem = RowError("too_long", f"{overflow.describe('--max-new-tokens')}; shorten {prompt}, lower "
+                                   "--max-new-tokens or give smaller images (--max-pixels)", item.request.where)
+    if strict:
+        raise MmloraError(problem.detail)
+    print(f"mmlora: skipped {problem}", file=sys.stderr)
+    return False
+
+
 def answer_items(engine, items: list[Item], settings: GenerationSettings, batch_size: int,
-                 writer: PredictionWriter | None) -> tuple[list[str], int]:
+                 writer: PredictionWriter | None, strict: bool = False) -> tuple[list[str], int]:
     """Answer `items` in batches, appending each batch's lines to `writer` (when given) before
-    the next starts. Returns the answers and the number of requests skipped for bad images."""
+    the next starts. Returns the answers and the number of requests skipped (a bad image, a
+    prompt past the model's context). `strict` (one request named on the command line): a
+    request that cannot be answered is a one-line error instead."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(items), unit="request", desc="answering", disable=not sys.stderr.isatty() or not writer)
@@ -149,6 +183,7 @@ def answer_items(engine, items: list[Item], settings: GenerationSettings, batch_
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         ready = [item for item in (decoded(i, strict=writer is None) for i in chunk) if item]
+        ready = [item for item in ready if fits(engine, item, settings, strict)]
         skipped += len(chunk) - len(ready)
         batch_answers = engine.answer([item.request for item in ready], settings, batch_size) if ready else []
         answers += batch_answers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from mmlora.models.plaintext import SENTINELS
 
 @dataclass
 class Item:
-    """One request to answer, and the fields its output line repeats (`image` or `images`,
-    `prompt`, `system` when set), as the user wrote them."""
+    """One request to answer, and the fields its output line repeats (a JSONL line's `id` when it
+    has one, `image` or `images`, `prompt`, `system` when set), as the user wrote them."""
 
     request: Request
     shown: dict
@@ -85,15 +86,31 @@ def items_from_folder(folder: Path, prompt: str, system: str | None) -> tuple[li
 
 def items_from_jsonl(path: Path, prompt: str | None, system: str | None,
                      rules: ImageRules) -> Iterator[Item | RowError]:
-    """The requests of a JSONL file, line by line; a line that cannot be used is a RowError."""
+    """The requests of a JSONL file, line by line; a line that cannot be used is a RowError (a
+    line repeating an earlier line's `id` too: its answer could not be told apart)."""
+    first_with_id: dict[str, str] = {}
     for where, row in jsonl_rows(path):
         if isinstance(row, RowError):
             yield row.at(where)
             continue
         try:
+            unique_id(row, where, first_with_id)
             yield _jsonl_item(row, where, path.parent, prompt, system, rules)
         except RowError as err:
             yield err.at(where)
+
+
+def unique_id(row, where: str, first_with_id: dict[str, str]) -> None:
+    """RowError when `row` repeats the `id` of an earlier line (`first_with_id`: each id as JSON,
+    so 1 and "1" differ as the output writes them, and the line that had it first, skipped or
+    not); else its id is recorded."""
+    if not isinstance(row, dict) or "id" not in row:
+        return
+    same = json.dumps(row["id"], sort_keys=True)
+    if same in first_with_id:
+        raise RowError("bad_row", f"field \"id\" is {same[:40]}, the id of {first_with_id[same]} too: each line "
+                                  "needs its own id to tell its answer apart")
+    first_with_id[same] = where
 
 
 def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | None, rules: ImageRules) -> Item:
@@ -101,6 +118,7 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError("bad_row", f"expected a JSON object with \"image\" and \"prompt\", got {type(row).__name__}")
     check_unicode(row)  # a lone surrogate: the tokenizer would fail on the whole batch
     misspelt(row)
+    line_id = request_id(row["id"]) if "id" in row else None
     if "image" in row and "images" in row:
         raise RowError("bad_row", "give \"image\" or \"images\", not both")
     refs = image_refs(row)
@@ -121,6 +139,8 @@ def _jsonl_item(row, where: str, root: Path, prompt: str | None, system: str | N
         raise RowError(err.reason, f"field \"{image_field(row)}\": {err.detail}") from None
     item = _item(resolved, refs, text, line_system, where)
     item.image_field = image_field(row)
+    if "id" in row:
+        item.shown = {"id": line_id, **item.shown}
     request_sample(item.request, prompt_field=prompt_name)  # `<image>` markers against images, before the model loads
     return item
 
@@ -148,6 +168,17 @@ def reserved_characters(text: str, field: str) -> None:
     if SENTINELS.search(text):
         raise RowError("bad_row", f"{field} holds characters of Unicode's Supplementary Private Use Area-A "
                                   "(U+F0000..U+FFFFD), which mmlora reserves; remove them")
+
+
+def request_id(value):
+    """A line's `id`, repeated unchanged on its answer line: text or a number (a finite one: the
+    output must stay JSON). RowError naming the field otherwise."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    shown = "NaN or infinite (a number)" if isinstance(value, float) else _not_text(value)
+    raise RowError("bad_row", f"field \"id\" is {shown}: expected text or a number, which its answer line repeats")
 
 
 def image_refs(row: dict) -> list[str]:

@@ -4,8 +4,8 @@ the file lacks.
 
 Each batch's lines are appended, flushed and synced to disk before the next batch starts. On
 resume, a last line cut short by the interruption (no newline at the end, or not JSON) is
-removed, and requests whose line is already there (same image(s), prompt and system) are
-skipped.
+removed, and requests whose line is already there (same image(s), prompt and system, and
+the same `id` where the line has one) are skipped.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from pathlib import Path
 from mmlora.errors import MmloraError
 
 
-def line_key(shown: dict) -> str:
-    """What identifies a request in the output: its image(s), prompt and system, as written."""
-    return json.dumps({k: shown.get(k) for k in ("image", "images", "prompt", "system")}, sort_keys=True)
+def line_key(shown: dict, with_id: bool = True) -> str:
+    """What identifies a request in the output: its image(s), prompt and system, as written, and
+    its `id` when it has one (unless not `with_id`). A line without an id keys as before ids
+    were repeated, so older answers files match as they did."""
+    key = {k: shown.get(k) for k in ("image", "images", "prompt", "system")}
+    if with_id and "id" in shown:
+        key["id"] = shown["id"]
+    return json.dumps(key, sort_keys=True)
 
 
 def check_output(path: Path, resume: bool) -> None:
@@ -57,16 +62,22 @@ def answered_keys(path: Path) -> tuple[dict[str, list[int]], int]:
     return keys, len(data) - keep
 
 
-def unanswered(requests: list[str], answered: dict[str, list[int]], path: Path, source: str) -> list[int]:
+def unanswered(requests: list[str], answered: dict[str, list[int]], path: Path, source: str,
+               without_ids: list[str] | None = None) -> list[int]:
     """Positions of the requests (keys, in input order) that `answered` lacks: each answer line
-    stands for one request (a request asked twice is answered twice). An answers file none of
-    whose lines matches a request is another input's: MmloraError; some unmatched lines (an
-    edited input) are kept, with one warning line."""
+    stands for one request (a request asked twice is answered twice). `without_ids`: the same
+    keys without the requests' ids, which answer lines written without an id (before the input
+    had ids, or by an older mmlora) match. An answers file none of whose lines matches a request
+    is another input's: MmloraError; some unmatched lines (an edited input) are kept, with one
+    warning line."""
     left = {key: list(lines) for key, lines in answered.items()}
     todo = []
     for position, key in enumerate(requests):
+        fallback = without_ids[position] if without_ids else key
         if left.get(key):
             left[key].pop(0)
+        elif left.get(fallback):
+            left[fallback].pop(0)
         else:
             todo.append(position)
     stray = sorted(line for lines in left.values() for line in lines)
@@ -75,8 +86,8 @@ def unanswered(requests: list[str], answered: dict[str, list[int]], path: Path, 
     total = sum(len(lines) for lines in answered.values())
     what = f"{len(stray)} of its {total} answer line(s) (first: line {stray[0]}) match no request of {source}"
     if len(stray) == total:
-        raise MmloraError(f"--output {path}: {what}, so it answers another input (or another --prompt / --system); "
-                          "choose another --output for this one.")
+        raise MmloraError(f"--output {path}: {what}, so it answers another input (or another --prompt / --system, "
+                          "or other ids); choose another --output for this one.")
     print(f"mmlora: --output {path}: {what} (the input was edited?); they are kept.", file=sys.stderr)
     return todo
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 
 from mmlora.data.rowtext import lone_surrogate
+from mmlora.inference.context_length import context_overflow
 from mmlora.inference.engine import GenerationSettings, Request
 from mmlora.inference.openai_protocol import UNSUPPORTED, ApiError
 from mmlora.models.plaintext import SENTINELS
@@ -52,17 +53,9 @@ def check_texts(body: dict, request: Request) -> None:
 
 
 def check_length(engine, request: Request, settings: GenerationSettings) -> None:
-    """A conversation whose text alone (images add more) and max_tokens pass the model's context
-    is a 400, as OpenAI answers it: past it the model answers garbage, and a huge prompt would
-    hold the batch it is in for minutes."""
-    config = engine.model.config
-    limit = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
-    if not limit:
-        return
-    tokenizer = engine.processor.tokenizer
-    texts = [request.system or "", *(turn.text for turn in request.history), request.prompt]
-    tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts if text)
-    if tokens + settings.max_new_tokens > limit:
-        raise ApiError(400, f"the messages hold {tokens} text tokens (images add more) and max_tokens is "
-                            f"{settings.max_new_tokens}: more than the model's context of {limit} tokens; shorten "
-                            "the conversation or lower max_tokens.", "messages", code="context_length_exceeded")
+    """A conversation whose prompt (chat template, text and visual tokens) and max_tokens pass
+    the model's context is a 400, as OpenAI answers it (mmlora/inference/context_length.py)."""
+    overflow = context_overflow(engine, request, settings)
+    if overflow:
+        raise ApiError(400, f"{overflow.describe('max_tokens')}; shorten the conversation, lower max_tokens or "
+                            "send smaller images.", "messages", code="context_length_exceeded")

@@ -63,12 +63,12 @@ def _parse(body, served: str, allow_urls: bool, engine: InferenceEngine | None =
     call = parse_chat_call(body, served, allow_urls)
     check_parameters(body)
     check_texts(body, call.request)
-    if engine is not None:
-        check_length(engine, call.request, call.settings)
     try:
         request_sample(call.request, "the last user message")  # a 400 here, not a failed batch
     except RowError as err:
         raise ApiError(400, err.detail, "messages", code=err.reason) from None
+    if engine is not None:  # counted as generation encodes it, which needs the markers to match
+        check_length(engine, call.request, call.settings)
     return call
 
 

@@ -191,14 +191,8 @@ def trained_bounds(adapter: str | Path | None, model_name: str) -> tuple[int, in
     return recorded_bounds(model_name) if Path(model_name).is_dir() else None
 
 
-def recipe_sets_bounds(recipe_arg: str, overrides: list[str]) -> bool:
+def recipe_sets_bounds(set_keys: frozenset[str]) -> bool:
     """Whether the recipe file or a `model.min_pixels=` / `model.max_pixels=` override sets the
-    bounds (a recipe that leaves them at their defaults lets the saved folder's bounds apply)."""
-    import yaml
-
-    from mmlora.config.paths import resolve_recipe_path
-
-    data = yaml.safe_load(resolve_recipe_path(recipe_arg).read_text()) or {}
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    in_file = "min_pixels" in model or "max_pixels" in model
-    return in_file or any(o.split("=", 1)[0].strip() in ("model.min_pixels", "model.max_pixels") for o in overrides)
+    bounds (a recipe that leaves them at their defaults lets the saved folder's bounds apply).
+    `set_keys`: the recipe's own keys (mmlora.config.loading.load_recipe_and_set_keys)."""
+    return bool({"model.min_pixels", "model.max_pixels"} & set_keys)

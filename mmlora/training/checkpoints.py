@@ -18,6 +18,7 @@ from pathlib import Path
 from mmlora.config.loading import save_recipe
 from mmlora.config.schema import Recipe
 from mmlora.errors import MmloraError
+from mmlora.models.model_card import write_snapshot_card
 
 STAGING = ".staging"
 MARKER = "mmlora_checkpoint.json"
@@ -107,8 +108,11 @@ def finalize_checkpoint(staged: Path, output_dir: Path, recipe: Recipe, processo
     save_recipe(recipe, staged / "recipe.yaml")
     if processor is not None:
         processor.save_pretrained(staged)
-    (staged / MARKER).write_text(json.dumps({"step": step}) + "\n")
     target = output_dir / staged.name
+    # mmlora's card (step, metrics so far) in place of PEFT's blank template: a checkpoint copied
+    # to the hub says what it is (mmlora/models/model_card.py).
+    write_snapshot_card(staged, target, output_dir, recipe.model.name)
+    (staged / MARKER).write_text(json.dumps({"step": step}) + "\n")
     if target.exists():  # the same step saved twice (e.g. an interrupt right at a save step)
         shutil.rmtree(target)
     os.replace(staged, target)

@@ -53,6 +53,12 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _eval_metrics(logs: dict) -> dict:
+    """The evaluation values of a Trainer log entry, by name without `eval_` ({} for others)."""
+    return {k.removeprefix("eval_"): v for k, v in logs.items()
+            if k.startswith("eval_") and not k.endswith(_EVAL_BOOKKEEPING) and k not in _QUIET_KEYS}
+
+
 class QuietProgress(ProgressCallback):
     """The Trainer's progress bars without its dict-per-log lines (TrainingConsole prints those)."""
 
@@ -90,6 +96,12 @@ class TrainingConsole(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.started, self.first_step, self.total = time.monotonic(), state.global_step, state.max_steps
+        # A resumed run: the evaluations before the checkpoint count towards "best" as they did
+        # in the uninterrupted run (the Trainer restored their log entries with the checkpoint).
+        for entry in state.log_history:
+            if entry.get("step", 0) <= state.global_step:
+                for name, value in _eval_metrics(entry).items():
+                    self._track_best(name, value, entry.get("step", 0))
         sharded = sharding_line(model)  # under FSDP2: how much of the weights this process holds
         if sharded and state.is_world_process_zero:
             self.write(sharded)
@@ -130,8 +142,7 @@ class TrainingConsole(TrainerCallback):
             if logs.get("skipped_nonfinite_steps"):
                 parts.append(f"skipped non-finite steps {logs['skipped_nonfinite_steps']}")
             return "  ".join(parts)
-        metrics = {k.removeprefix("eval_"): v for k, v in logs.items()
-                   if k.startswith("eval_") and not k.endswith(_EVAL_BOOKKEEPING) and k not in _QUIET_KEYS}
+        metrics = _eval_metrics(logs)
         if not metrics:
             others = {k: v for k, v in logs.items() if k not in _QUIET_KEYS}
             return f"{where}  " + "  ".join(f"{k} {_number(v)}" for k, v in others.items()) if others else None
@@ -162,11 +173,15 @@ class TrainingConsole(TrainerCallback):
         losses = []
         if self.last_loss is not None:
             losses.append(f"last logged loss {_number(self.last_loss)}")
-        if self.train_loss is not None:
-            losses.append(f"mean train loss {_number(self.train_loss)}")
+        if self.train_loss is not None:  # the Trainer's mean over the steps of this train() call
+            covered = f" (steps {self.first_step + 1}-{step}, this run)" if self.first_step else ""
+            losses.append(f"mean train loss {_number(self.train_loss)}{covered}")
         if losses:
             lines.append("  ".join(losses))
-        for name, (value, at) in self.best.items():
+        # The chosen metric first, then by name: the same order after a resume, whose earlier
+        # evaluations come back from trainer_state.json with their keys sorted.
+        for name in sorted(self.best, key=lambda n: (n != self.best_metric, n)):
+            value, at = self.best[name]
             mark = "  (kept in best/)" if name == self.best_metric else ""
             label = "loss" if name == "loss" else self.names.get(name, name)
             lines.append(f"best eval {label} {_number(value)} at step {at}{mark}")

@@ -31,7 +31,9 @@ from mmlora.config.schema import Recipe
 from mmlora.errors import MmloraError
 from mmlora.evaluation.metrics.task import score_task
 from mmlora.models.lora import save_adapter
+from mmlora.models.model_card import write_snapshot_card
 from mmlora.training.checkpoints import replace_folder
+from mmlora.training.ranks import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,10 @@ class TrainingEvaluation(TrainerCallback):
         if self.generated and self._sharded():
             # One process cannot generate (or save the best adapter) with weights sharded over
             # all of them: it would wait for the others forever. The eval loss still runs.
-            log.warning("ZeRO-3/FSDP: no generation metrics or best adapter during training; "
-                        "run `mmlora eval` on the saved adapter instead.")
+            # Said once per run, by the main process (every rank turns generation off).
+            if is_main_process():
+                log.warning("ZeRO-3/FSDP: no generation metrics or best adapter during training; "
+                            "run `mmlora eval` on the saved adapter instead.")
             self.generated, self.best_metric = [], None
         out = Path(args.output_dir)
         if state.global_step == 0:  # a fresh run (e.g. --overwrite): no best of an older run
@@ -248,6 +252,7 @@ class TrainingEvaluation(TrainerCallback):
         self.processor.save_pretrained(staged)
         save_recipe(self.recipe, staged / "recipe.yaml")
         (staged / "best.json").write_text(json.dumps(self.best, indent=2) + "\n")
+        write_snapshot_card(staged, final, out, self.recipe.model.name)  # not PEFT's template (model_card.py)
         replace_folder(staged, final, old)
         log.info("new best %s=%.4f at step %d: saved to %s", self.best["metric"], self.best["value"],
                  self.best["step"], final)

@@ -30,6 +30,14 @@ def fsdp_version_requested() -> int:
     return int(os.environ.get("FSDP_VERSION", "1"))
 
 
+def fsdp_activation_checkpointing_requested() -> bool:
+    """Whether the FSDP launch asked FSDP itself to checkpoint activations (the accelerate config's
+    `fsdp_activation_checkpointing: true`, which `accelerate launch` passes as
+    FSDP_ACTIVATION_CHECKPOINTING; read with accelerate's own truth values)."""
+    value = os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").strip().lower()
+    return fsdp_requested() and value in ("y", "yes", "t", "true", "on", "1")
+
+
 def shard_cpu_processes(accelerator) -> bool:
     """Switch a multi-process CPU run launched with an FSDP2 config from DDP to FSDP2.
 

@@ -88,11 +88,27 @@ def check_fsdp_device() -> None:
         raise MmloraError(FSDP1_ON_CPU.format(version=fsdp_version_requested()))
 
 
+def check_activation_checkpointing(recipe: Recipe) -> None:
+    """train.gradient_checkpointing and FSDP's own activation checkpointing are two ways of doing
+    one thing; the HF Trainer refuses the pair with a ValueError once the model is loaded.
+    mmlora's is the one its memory planner and frozen-vision-tower path are built and tested
+    with (and what recipes/accelerate/fsdp.yaml chooses), so that is the one kept."""
+    from mmlora.training.fsdp import fsdp_activation_checkpointing_requested
+
+    if recipe.train.gradient_checkpointing and fsdp_activation_checkpointing_requested():
+        raise MmloraError("train.gradient_checkpointing=true and the accelerate config's "
+                          "fsdp_activation_checkpointing: true both checkpoint activations, and the two cannot "
+                          "be combined: set fsdp_activation_checkpointing: false in the accelerate config (as "
+                          "recipes/accelerate/fsdp.yaml does), or set train.gradient_checkpointing=false to let "
+                          "FSDP checkpoint instead.")
+
+
 def check_before_training(recipe: Recipe) -> None:
     """Everything about a recipe that can be refused without loading data or weights."""
     check_report_to(recipe.train.report_to)
     check_quantization(recipe)
     check_fsdp_device()
+    check_activation_checkpointing(recipe)
     if recipe.train.liger and not _installed("liger_kernel"):
         raise MmloraError("train.liger=true needs the liger-kernel package (`pip install liger-kernel`) and a "
                           "CUDA GPU; set train.liger=false otherwise.")

@@ -60,6 +60,8 @@ class TrainResult:
     adapter_saved: bool = False
     """Training finished and the final adapter is in output_dir (also when a signal then
     stopped the end-of-training evaluation)."""
+    first_step: int = 0
+    """The step this call started from: a resumed checkpoint's, else 0."""
 
 
 def prepare_model(recipe: Recipe, loaded: LoadedModel | None = None):
@@ -236,7 +238,7 @@ def train(recipe: Recipe, loaded: LoadedModel | None = None, resume: str | None 
         except torch.OutOfMemoryError:
             raise _explain_oom(recipe) from None
         result = TrainResult(out_dir, model, loaded, trainer.state.log_history, interrupt.signum,
-                             trainer.last_checkpoint, guard.skipped)
+                             trainer.last_checkpoint, guard.skipped, first_step=done if checkpoint else 0)
         if guard.gave_up_at is not None:
             raise MmloraError(
                 f"Stopped at step {guard.gave_up_at}: {guard.consecutive} consecutive steps had a "
@@ -268,6 +270,12 @@ def finish_run(trainer, evaluation, interrupt: GracefulInterrupt, result: TrainR
     """
     if trainer.state.global_step < trainer.state.max_steps:
         return  # stopped early by a signal: the checkpoint is what resumes
+    if result.first_step:
+        # The Trainer's train_loss is the mean over this call's steps only: the log (and the
+        # model card, mmlora/models/model_card.py) say from which step, not "the whole run".
+        for entry in trainer.state.log_history:
+            if "train_loss" in entry and entry.get("step") == trainer.state.global_step:
+                entry["train_loss_first_step"] = result.first_step + 1
     # Under FSDP the adapter is sharded: every rank joins its gather, rank 0 writes it.
     state = gathered_trainable_state(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.args.should_save:

@@ -65,6 +65,54 @@ def test_wrong_type_or_value_names_field_and_allowed():
         recipe_from_dict({"data": {"train": "x"}, "train": {"batch_size": 0}})
 
 
+UNION_FIELD_WORDS = {
+    "model.revision": "a string or null",
+    "lora.targets": "a string or a list of strings",
+    "lora.loraplus_lr_ratio": "a number or null",
+    "lora.projector_lr": "a number or null",
+    "lora.vision_lr": "a number or null",
+    "data.train": "a path or hub id, a mapping, or a list of these",
+    "data.eval": "a path or hub id, a mapping, a list of these, or null",
+    "data.image_root": "a string or null",
+    "data.system_prompt": "a string or null",
+    "train.save_total_limit": "an integer or null",
+    "train.vision_cache_dir": "a string or null",
+    "train.vision_cache_memory": "an integer or a string",
+    "eval.limit": "an integer or null",
+    "eval.best_metric": "a string or null",
+}
+
+
+def union_fields(cls=Recipe, prefix=""):
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from union_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType):
+            yield f"{prefix}{f.name}"
+
+
+def test_every_union_field_says_what_it_takes_in_words():
+    """A value of the wrong kind is named with the kinds the field takes, as a sentence (was e.g.
+    "a string or a list of a string or a mapping or a mapping"), in a file and in an override."""
+    assert sorted(union_fields()) == sorted(UNION_FIELD_WORDS)  # a new union field: add its words here
+    for name, words in UNION_FIELD_WORDS.items():
+        section, key = name.split(".")
+        with pytest.raises(MmloraError) as in_file:
+            recipe_from_dict({"data": {"train": "x"}, section: {key: [[True]]}}, source="r.yaml")
+        assert str(in_file.value) == f"r.yaml: {name}: got [[True]], expected {words}."
+        with pytest.raises(MmloraError) as in_override:
+            load_recipe("tiny_vqa", [f"{name}=[[true]]"])
+        assert str(in_override.value) == f"override '{name}=[[true]]': {name}: got [[True]], expected {words}."
+    with pytest.raises(MmloraError) as listed:  # a plain list names its element type in the plural
+        load_recipe("tiny_vqa", ["data.column_map=5"])
+    assert str(listed.value) == "override 'data.column_map=5': data.column_map: got 5, expected a list of strings."
+
+
 def test_every_field_is_documented():
     for name, help_text, _default in field_docs():
         assert len(help_text) > 10, f"{name} has no documentation"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmlora.config.schema import DataConfig, ModelConfig
-from mmlora.data import arrowscan
+from mmlora.data import arrowscan, scan_wait
 from mmlora.data.collate import answer_labels, encode_for_training, tokenize_text
 from mmlora.data.scan import TrainingDataset, load_data_processor, scan_serially, scan_split
 from mmlora.data.scanstore import ArrowSamples
@@ -151,7 +151,7 @@ def test_other_ranks_wait_for_the_first_process_and_read_its_result(data, proces
         first_process.append(scan_split(str(data / "train.jsonl"), cfg, processor, progress=False))
         monkeypatch.setenv("LOCAL_RANK", "1")
 
-    monkeypatch.setattr(arrowscan.time, "sleep", rank_zero_scans_meanwhile)
+    monkeypatch.setattr(scan_wait.time, "sleep", rank_zero_scans_meanwhile)
     waited = scan_split(str(data / "train.jsonl"), cfg, processor, progress=False)
     assert len(calls) == 1 and len(first_process) == 1
     assert findings(waited) == findings(first_process[0])

@@ -152,6 +152,15 @@ def test_bad_arguments_are_one_line_before_the_model_loads(workdir, capsys, extr
     assert len(err) == 1 and err[0].startswith("mmlora: error: ") and message in err[0], err
 
 
+def test_an_output_that_is_the_input_file_is_refused_before_the_model_loads(workdir, capsys):
+    write_requests(workdir / "q.jsonl")
+    for resume in ([], ["--resume"]):
+        assert main(["infer", "--model", "tiny/qwen2-vl", "--images", "imgs/../q.jsonl", "--output", "q.jsonl",
+                     *resume]) == 2
+        assert capsys.readouterr().err.strip() == ("mmlora: error: --output q.jsonl is the --images file itself; "
+                                                   "answers go to a file of their own: choose another --output.")
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"image": 5, "prompt": "x"}', 'field "image" is 5 (a number): expected a path or URL as text'),
     ('{"images": ["a.png", 3], "prompt": "x"}', 'field "images"[1] is 3 (a number): expected a path or URL'),
@@ -178,12 +187,66 @@ def test_a_bad_jsonl_line_names_its_field_and_what_is_wrong(tmp_path, line, mess
     assert str(found).startswith(f"{tmp_path / 'q.jsonl'}:1: {message}")
 
 
-def test_other_fields_of_a_line_are_left_alone(tmp_path):
+def test_other_fields_of_a_line_are_left_alone_but_its_id_is_repeated(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
-    line = {"image": "a.png", "question": "Which?", "question_id": 7, "answers": ["red"], "id": "x1"}
-    (tmp_path / "q.jsonl").write_text(json.dumps(line) + "\n")
+    lines = [{"image": "a.png", "question": "Which?", "question_id": 7, "answers": ["red"], "id": "x1"},
+             {"image": "a.png", "prompt": "Which?", "id": 12345678901234567890},
+             {"image": "a.png", "prompt": "Which?", "id": -0.5}, {"image": "a.png", "prompt": "Which?"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    found = list(items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules()))
+    assert [item.shown for item in found] == [{"id": "x1", "image": "a.png", "prompt": "Which?"},
+                                              {"id": 12345678901234567890, "image": "a.png", "prompt": "Which?"},
+                                              {"id": -0.5, "image": "a.png", "prompt": "Which?"},
+                                              {"image": "a.png", "prompt": "Which?"}]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"image": "a.png", "prompt": "x", "id": {"n": 1}}', 'field "id" is {"n": 1} (an object): expected text or a '
+                                                         "number, which its answer line repeats"),
+    ('{"image": "a.png", "prompt": "x", "id": [1]}', 'field "id" is [1] (a list): expected text or a number'),
+    ('{"image": "a.png", "prompt": "x", "id": true}', 'field "id" is true (true/false): expected text or a number'),
+    ('{"image": "a.png", "prompt": "x", "id": null}', 'field "id" is empty: expected text or a number'),
+    ('{"image": "a.png", "prompt": "x", "id": " "}', 'field "id" is empty: expected text or a number'),
+    ('{"image": "a.png", "prompt": "x", "id": NaN}', 'field "id" is NaN or infinite (a number): expected text'),
+])
+def test_an_id_that_is_not_text_or_a_number_skips_its_line(tmp_path, line, message):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "q.jsonl").write_text(line + "\n")
     (found,) = items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules())
-    assert found.shown == {"image": "a.png", "prompt": "Which?"}
+    assert str(found).startswith(f"{tmp_path / 'q.jsonl'}:1: {message}")
+
+
+def test_a_repeated_id_skips_the_later_line_naming_the_first(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    lines = [{"image": "missing.png", "prompt": "x", "id": 7}, {"image": "a.png", "prompt": "y", "id": "7"},
+             {"image": "a.png", "prompt": "z", "id": 7}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    found = list(items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules()))
+    assert "image 'missing.png' not found" in str(found[0])  # skipped for its image, its id still taken
+    assert found[1].shown["id"] == "7"  # text, not the number 7: another id, as the output writes them
+    assert str(found[2]) == (f"{tmp_path / 'q.jsonl'}:3: field \"id\" is 7, the id of {tmp_path / 'q.jsonl'}:1 too: "
+                             "each line needs its own id to tell its answer apart")
+
+
+def test_resume_matches_answers_by_id_and_old_answers_without_ids_as_before(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    rows = [{"id": "q1", "image": "a.png", "prompt": "x"}, {"id": "q2", "image": "a.png", "prompt": "x"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    items = list(items_from_jsonl(tmp_path / "q.jsonl", None, None, ImageRules()))
+    keys = [line_key(item.shown) for item in items]
+    without_ids = [line_key(item.shown, with_id=False) for item in items]
+    out = tmp_path / "preds.jsonl"
+    # written before the input had ids (or by an older mmlora): matched by image and prompt
+    out.write_text(json.dumps({"image": "a.png", "prompt": "x", "prediction": "red"}) + "\n")
+    assert unanswered(keys, answered_keys(out)[0], out, "q.jsonl", without_ids) == [1]
+    # an answer carries its id: it answers that request only, wherever it stands in the input
+    out.write_text(json.dumps({"id": "q2", "image": "a.png", "prompt": "x", "prediction": "red"}) + "\n")
+    assert unanswered(keys, answered_keys(out)[0], out, "q.jsonl", without_ids) == [0]
+    out.write_text(json.dumps({"id": "q9", "image": "a.png", "prompt": "x", "prediction": "red"}) + "\n")
+    with pytest.raises(MmloraError, match=r"1 of its 1 answer line\(s\) \(first: line 1\) match no request of "
+                                          r"q\.jsonl, so it answers another input \(or another --prompt / --system, "
+                                          r"or other ids\)"):
+        unanswered(keys, answered_keys(out)[0], out, "q.jsonl", without_ids)
 
 
 def test_resume_answers_a_request_asked_twice_twice(tmp_path):
@@ -202,7 +265,8 @@ def test_resume_refuses_the_answers_of_another_input_and_warns_of_stray_lines(wo
     assert code == 2  # before any weights load
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "mmlora: error: --output other.jsonl: 1 of its 1 answer line(s) (first: line 1) match no request of q.jsonl, "
-        "so it answers another input (or another --prompt / --system); choose another --output for this one.")
+        "so it answers another input (or another --prompt / --system, or other ids); choose another --output for "
+        "this one.")
     first = json.dumps({"image": GOOD[0]["image"], "prompt": GOOD[0]["prompt"], "prediction": "x"})
     (workdir / "mixed.jsonl").write_text(first + "\n" + (workdir / "other.jsonl").read_text())
     keys, _ = answered_keys(workdir / "mixed.jsonl")

@@ -198,7 +198,11 @@ def post(server, body, path="/v1/chat/completions") -> tuple[int, dict]:
     ({"messages": ask("a\U000F0001b")}, 400, "messages", "the last user message: holds characters of Unicode's "
                                                            "Supplementary Private Use Area-A"),
     ({"messages": ask("word " * 1100), "max_tokens": 1}, 400, "messages",  # the tiny model's context: 4096
-     "text tokens (images add more) and max_tokens is 1: more than the model's context of 4096 tokens"),
+     "the prompt takes 4429 tokens (chat template and visual tokens included) and max_tokens is 1: more than the "
+     "model's context of 4096 tokens; shorten the conversation, lower max_tokens or send smaller images."),
+    # 4060 text tokens fit alone; the chat template and the image's 16 visual tokens (at the served bounds) do not
+    ({"messages": ask("word " * 1000 + "x" * 60, IMAGES / "blue_circle_black_112x112.png"), "max_tokens": 1}, 400,
+     "messages", "the prompt takes 4107 tokens (chat template and visual tokens included)"),
     ({"messages": ask("Hi"), "max_tokens": 1 << 20}, 400, "messages", "more than the model's context of 4096 tokens"),
 ])
 def test_errors_answer_in_openai_shape(server, body, status, param, message):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mmlora.cli import main
-from mmlora.config.loading import load_recipe
+from mmlora.config.loading import load_recipe, load_recipe_and_set_keys
 from mmlora.config.schema import ModelConfig
 from mmlora.errors import MmloraError
 from mmlora.inference.infer import answer_one
@@ -122,10 +122,10 @@ def test_infer_uses_a_saved_model_folders_bounds_unless_told_otherwise(tmp_path)
 
 def test_recipe_sets_bounds_only_when_the_file_or_an_override_says_so(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("task: vqa\nmodel:\n  name: tiny/qwen2-vl\n")
-    assert not recipe_sets_bounds(str(recipe), [])
-    assert recipe_sets_bounds(str(recipe), ["model.max_pixels=50176"])
-    assert recipe_sets_bounds("tiny_vqa", [])  # the shipped recipe states its bounds
+    recipe.write_text("task: vqa\nmodel:\n  name: tiny/qwen2-vl\ndata:\n  train: x.jsonl\n")
+    assert not recipe_sets_bounds(load_recipe_and_set_keys(str(recipe), [])[1])
+    assert recipe_sets_bounds(load_recipe_and_set_keys(str(recipe), ["model.max_pixels=50176"])[1])
+    assert recipe_sets_bounds(load_recipe_and_set_keys("tiny_vqa", [])[1])  # the shipped recipe states its bounds
 
 
 def test_eval_uses_the_trained_bounds_unless_the_recipe_sets_its_own(tmp_path, capsys):

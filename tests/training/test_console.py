@@ -1,8 +1,11 @@
 """The training console: readable lines, best-so-far, a summary, no bars in a log file."""
 
 import io
+import json
 import subprocess
 import sys
+
+import pytest
 
 from transformers import PrinterCallback, ProgressCallback, TrainerState
 
@@ -98,3 +101,46 @@ def test_train_in_a_log_file_prints_readable_lines_and_no_carriage_returns(tmp_p
     assert f"adapter: {out}" in lines
     assert not any(line.startswith("{") for line in lines)
     assert "\r" not in result.stderr  # no progress bar redrawn into a log file
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_best_and_losses(tmp_path, capsys):
+    """The console of a run stopped at its checkpoint and resumed says what the uninterrupted run
+    says about the best evaluation (counting the evaluations before the checkpoint, as best/ does)
+    and the last loss; its mean train loss says which steps it covers."""
+    from mmlora.training.train import train
+    from tests.training.test_reliability import SignalAtStep
+
+    def recipe(out):
+        return load_recipe("tiny_vqa", [
+            f"train.output_dir={out}", "train.max_steps=4", "train.save_steps=2", "train.logging_steps=2",
+            "train.eval_strategy=never", "eval.best_metric=vqa_accuracy", "eval.generate_steps=1",
+            "eval.generate_subset=4", "eval.generate_at_end=false", "lora.projector=frozen"])
+
+    def console(out: str, run) -> list[str]:
+        return [line.replace(str(run), "RUN") for line in out.splitlines()
+                if line.startswith(("eval  step", "best eval", "last logged", "adapter:"))]
+
+    train(recipe(tmp_path / "full"))
+    full = console(capsys.readouterr().out, tmp_path / "full")
+    assert train(recipe(tmp_path / "resumed"), callbacks=[SignalAtStep(2)]).interrupted_by is not None
+    before = console(capsys.readouterr().out, tmp_path / "resumed")
+    train(recipe(tmp_path / "resumed"), resume="latest")
+    out = capsys.readouterr().out
+    after = console(out, tmp_path / "resumed")
+    assert before[:2] == full[:2]  # the evaluations at steps 1 and 2
+    # eval lines of steps 3 and 4, the best values (step 1's, also kept in best/), the adapter
+    assert [line for line in after if not line.startswith("last logged")] == [
+        line for line in full[2:] if not line.startswith("last logged")]
+    assert all(line.endswith("(best vqa_accuracy[always] 0.0000 at step 1)") for line in after if line.startswith("eval"))
+    assert "best eval vqa_accuracy[always] 0.0000 at step 1  (kept in best/)" in after
+    # the same last loss; the mean covers the resumed steps (here the one logged loss: steps 3-4)
+    last = [line.split("  ")[0] for line in full if line.startswith("last logged")][0]
+    assert [line for line in after if line.startswith("last logged")] == [
+        f"{last}  mean train loss {last.removeprefix('last logged loss ')} (steps 3-4, this run)"]
+    # the log and the model card say so too (the Trainer's train_loss covers this call's steps)
+    final = json.loads((tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert (final["step"], final["train_loss_first_step"]) == (4, 3)
+    assert (f"- training loss (mean over steps 3-4, after the resumed checkpoint): {final['train_loss']:.4g} at step 4"
+            in (tmp_path / "resumed" / "README.md").read_text())
+    assert "- training loss (mean over the run): " in (tmp_path / "full" / "README.md").read_text()

@@ -197,6 +197,34 @@ def test_fsdp1_config_without_gpu_is_refused_in_one_line(monkeypatch):
     check_fsdp_device()
 
 
+def test_two_activation_checkpointings_are_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    """train.gradient_checkpointing with the accelerate config's fsdp_activation_checkpointing:
+    the HF Trainer would raise a ValueError once the model is loaded; `mmlora train` refuses the
+    pair before reading data or weights, naming both and the one to turn off."""
+    from mmlora.cli import main
+    from mmlora.config.loading import load_recipe
+    from mmlora.training.preflight import check_activation_checkpointing
+
+    config = str(recipes_dir() / "accelerate" / "fsdp.yaml")
+    shipped, _ = launch_arguments(["--config_file", config, "-m", "mmlora", "train", "tiny_vqa"])
+    both, _ = launch_arguments(["--config_file", config, "--fsdp_activation_checkpointing", "true",
+                                "-m", "mmlora", "train", "tiny_vqa"])
+    for key, value in shipped.items():
+        monkeypatch.setenv(key, value)
+    check_activation_checkpointing(load_recipe("tiny_vqa", ["train.gradient_checkpointing=true"]))  # the shipped config
+    for key, value in both.items():
+        monkeypatch.setenv(key, value)
+    check_activation_checkpointing(load_recipe("tiny_vqa", ["train.gradient_checkpointing=false"]))  # FSDP's alone
+    out = tmp_path / "run"
+    assert main(["train", "tiny_vqa", "train.gradient_checkpointing=true", f"train.output_dir={out}"]) == 2
+    assert capsys.readouterr().err == (
+        "mmlora: error: train.gradient_checkpointing=true and the accelerate config's fsdp_activation_checkpointing: "
+        "true both checkpoint activations, and the two cannot be combined: set fsdp_activation_checkpointing: false "
+        "in the accelerate config (as recipes/accelerate/fsdp.yaml does), or set train.gradient_checkpointing=false "
+        "to let FSDP checkpoint instead.\n")
+    assert not out.exists()  # refused before the pre-scan wrote anything
+
+
 @pytest.mark.slow
 def test_streamed_two_process_training_matches_one_process(tmp_path):
     """data.streaming under 2 gloo processes: each rank keeps its share of every global batch

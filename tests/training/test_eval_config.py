@@ -49,3 +49,29 @@ def test_report_to_uses_tensorboard_when_installed(monkeypatch):
     assert report_targets(["auto"]) == []
     with pytest.raises(MmloraError, match="pip install tensorboard"):
         report_targets(["tensorboard"])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sharded_run_says_no_generation_once_on_the_main_process_only(rank, monkeypatch, tmp_path, caplog):
+    """Under FSDP/ZeRO-3 every rank turns generation and the best adapter off; only rank 0 says so
+    (a simulated rank: the launcher's RANK, and the TrainerState of that rank)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from mmlora.data.samples import Sample, user_turn
+    from mmlora.training.eval_callback import TrainingEvaluation
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])  # before RANK: no process group
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = load_recipe("tiny_vqa", ["eval.best_metric=vqa_accuracy", "eval.generate_steps=5"])
+    evaluation = TrainingEvaluation(recipe, None, [Sample([], [user_turn("q?")], "a")], None)
+    evaluation.trainer = SimpleNamespace(is_fsdp_enabled=True)  # what Trainer sets under an FSDP launch
+    state = TrainerState(is_world_process_zero=rank == 0, is_local_process_zero=rank == 0)
+    with caplog.at_level("WARNING", logger="mmlora.training.eval_callback"):
+        evaluation.on_train_begin(args, state, TrainerControl())
+    said = [r.getMessage() for r in caplog.records if "ZeRO-3/FSDP" in r.getMessage()]
+    assert said == (["ZeRO-3/FSDP: no generation metrics or best adapter during training; run `mmlora eval` "
+                     "on the saved adapter instead."] if rank == 0 else [])
+    assert (evaluation.generated, evaluation.best_metric) == ([], None)
