@@ -157,12 +157,15 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
         with pa.OSFile(str(work / "scan.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema):
             pass
     files = sorted(p.name for p in work.glob("scan*.arrow"))
+    import pyarrow.compute as pc
+
     result = read_arrow([work / f for f in files])
-    images = {path: identity for column in result.column("files").to_pylist() for entry in column
+    # Flattened in Arrow: a Python list per row (mostly empty) cost ~0.1 s at 50k rows.
+    images = {path: identity for entry in pc.list_flatten(result.column("files")).to_pylist()
               for path, *identity in [json.loads(entry)]}
     for folder in {opened.root, *(Path(p).parent for p in images)}:
         images[str(folder)] = file_stat(folder)  # an image added to or removed from a folder
-    expansions = [text for column in result.column("expansions").to_pylist() for text in column]
+    expansions = pc.list_flatten(result.column("expansions")).to_pylist()
     del result
     (work / "rows.arrow").unlink()
     meta = {"files": files, "images": images, "expansions": expansions, "source": os.path.abspath(source), "split": name}
