@@ -132,7 +132,7 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
     import datasets
 
     opened, column_map, rows = open_rows(str(source), cfg, raw=True)
-    if not _write_rows(work / "rows.arrow", rows, name, progress):
+    if not write_rows(work / "rows.arrow", rows, name, progress):
         return False
     table = datasets.Dataset.from_file(str(work / "rows.arrow"))
     scanner = RowScanner(processor, cfg, column_map, replace(opened, rows=()), expand_captions, name, bounds)
@@ -178,7 +178,7 @@ def _num_proc(cfg, rows: int) -> int | None:
     return procs if procs > 1 else None
 
 
-def _write_rows(path: Path, rows, name: str, progress: bool) -> bool:
+def write_rows(path: Path, rows, name: str, progress: bool) -> bool:
     """Step 1: raw rows as Arrow records (where, row JSON or the reader's error, image bytes,
     whether the JSON is a data file's line not parsed yet)."""
     import pyarrow as pa
