@@ -92,13 +92,15 @@ class MeasuringProcessor:
         """The real processor's `render_expanded`, remembered a short while: collate expands a
         sample's whole chat three times over (tokens, its answer spans, the last prefix)."""
         text = self.render(messages, add_generation_prompt)
-        key = (text, *counts, *(getattr(count, "text", None) for count in counts))  # ImageTokens: equal ints, other texts
-        expanded = self.expanded.get(key)
-        if expanded is None:
+        # Keyed by the counts list itself (one sample's calls share it), which the entry holds, so
+        # that its id cannot stand for another list meanwhile.
+        key = (text, id(counts))
+        found = self.expanded.get(key)
+        if found is None:
             if len(self.expanded) >= 64:
                 self.expanded.clear()
-            expanded = self.expanded[key] = expand_placeholders(text, self.placeholder, counts)
-        return expanded
+            found = self.expanded[key] = (counts, expand_placeholders(text, self.placeholder, counts))
+        return found[1]
 
     def _message_key(self, message) -> tuple[list, list[str]] | None:
         """`_message_key`, remembered for the message object a short while (a sample's prefix

@@ -252,6 +252,10 @@ def test_the_measuring_processor_renders_and_tokenises_as_the_processor(name):
                         fast.render(messages, prompt)
                     continue
                 assert fast.render(messages, prompt) == expected
+                counts = [3] * expected.count(image)
+                for _ in range(2):  # the second time from its memo
+                    assert fast.render_expanded(messages, counts, prompt) == processor.render_expanded(messages, counts,
+                                                                                                        prompt)
                 expanded = expected.replace(image, image * 3)
                 assert fast.tokenize(expanded) == processor.tokenize(expanded)
     if name == "tiny/qwen2-vl":  # the fast paths were taken, not only fallen back from
