@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmlora.config.schema import DataConfig, ModelConfig
 from mmlora.data import arrowscan, scan_wait
-from mmlora.data.collate import answer_labels, encode_for_training, tokenize_text
+from mmlora.data.collate import answer_labels, tokenize_text
 from mmlora.data.scan import TrainingDataset, load_data_processor, scan_serially, scan_split
 from mmlora.data.scanstore import ArrowSamples
 
