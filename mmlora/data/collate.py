@@ -15,7 +15,7 @@ from typing import Any
 from mmlora.data.images import load_image
 from mmlora.data.samples import RowError, Sample
 from mmlora.errors import MmloraError
-from mmlora.models.processor import Encoded, ImageTextProcessor, expand_placeholders, stack_vision
+from mmlora.models.processor import Encoded, ImageTextProcessor, stack_vision
 
 IGNORE_INDEX = -100
 
@@ -32,14 +32,14 @@ class TrainExample:
 
 def assistant_char_spans(processor: ImageTextProcessor, messages: list[dict], counts: list[int]) -> list[tuple[int, int]]:
     """Character spans of every assistant answer (with its turn-end token) in the expanded text."""
-    placeholder, turn_end = processor.family.image_token, processor.family.turn_end
-    full = expand_placeholders(processor.render(messages), placeholder, counts)
+    turn_end = processor.family.turn_end
+    full = processor.render_expanded(messages, counts)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = expand_placeholders(processor.render(messages[:i], add_generation_prompt=True), placeholder, counts)
-        through = expand_placeholders(processor.render(messages[: i + 1]), placeholder, counts)
+        prompt = processor.render_expanded(messages[:i], counts, add_generation_prompt=True)
+        through = processor.render_expanded(messages[: i + 1], counts)
         if not (through.startswith(prompt) and full.startswith(through)):
             raise MmloraError(
                 "The chat template does not render conversations turn by turn (a prefix changed "
@@ -68,17 +68,20 @@ def answer_labels(processor: ImageTextProcessor, messages: list[dict], counts: l
         (a, b), = spans
         return [token if token != image_id and a <= start < b else IGNORE_INDEX
                 for token, (start, _end) in zip(input_ids, offsets)]
-    return [
-        token if token != image_id and any(a <= start < b for a, b in spans) else IGNORE_INDEX
-        for token, (start, _end) in zip(input_ids, offsets)
-    ]
+    # Several answers: the characters inside any of them marked once, then one lookup per token
+    # (the same test as `any(a <= start < b for a, b in spans)`, without a generator per token).
+    inside = bytearray(max((b for _a, b in spans), default=0))
+    for a, b in spans:
+        inside[a:b] = b"\x01" * (b - a)
+    limit = len(inside)
+    return [token if token != image_id and start < limit and inside[start] else IGNORE_INDEX
+            for token, (start, _end) in zip(input_ids, offsets)]
 
 
 def tokenize_text(processor: ImageTextProcessor, messages: list[dict], counts: list[int]) -> tuple[list[int], list]:
     """Token ids and offsets of the rendered chat with image k expanded to counts[k] tokens,
     without any pixels: what the pre-scan uses to measure a sample before training."""
-    text = expand_placeholders(processor.render(messages), processor.family.image_token, counts)
-    tokens = processor.tokenize(text)
+    tokens = processor.tokenize(processor.render_expanded(messages, counts))
     return tokens.input_ids, tokens.offsets
 
 

@@ -34,7 +34,8 @@ import re
 from bisect import bisect_left
 
 from mmlora.data.piecewise import PiecewiseEncoder
-from mmlora.models.plaintext import SENTINELS, Tokenized
+from mmlora.models.processor import expand_placeholders
+from mmlora.models.plaintext import Tokenized, has_sentinel
 
 MEMO_LIMIT = 8192
 """Rendered texts kept per worker; cleared when full (prompts that repeat come back quickly)."""
@@ -50,9 +51,12 @@ class MeasuringProcessor:
         # (new lists of the same message objects), and the scan never changes a sample's messages
         # once built. An entry holds its messages, so their ids cannot stand for other objects
         # meanwhile; a few recent entries are kept.
-        self.recent, self.message_keys = {}, {}
+        self.recent, self.message_keys, self.expanded = {}, {}, {}
+        self.placeholder = processor.family.image_token
         self.feature = processor.family.feature_token
-        self.feature_id = processor.image_token_id
+        # An attribute, not the processor's property: collate.answer_labels reads it per sample,
+        # and the property asks the tokenizer each time.
+        self.image_token_id = processor.image_token_id
         self.runs = re.compile(f"(?:{re.escape(self.feature)})+")
         self.encode = self._direct_encoder()
         backend = getattr(processor.tokenizer, "backend_tokenizer", None)
@@ -83,6 +87,20 @@ class MeasuringProcessor:
             text = self.rendered[key] = self._render(messages, keyed, add_generation_prompt)
         texts[add_generation_prompt] = text
         return text
+
+    def render_expanded(self, messages: list[dict], counts: list[int], add_generation_prompt: bool = False) -> str:
+        """The real processor's `render_expanded`, remembered a short while: collate expands a
+        sample's whole chat three times over (tokens, its answer spans, the last prefix)."""
+        text = self.render(messages, add_generation_prompt)
+        # Keyed by the counts list itself (one sample's calls share it), which the entry holds, so
+        # that its id cannot stand for another list meanwhile.
+        key = (text, id(counts))
+        found = self.expanded.get(key)
+        if found is None:
+            if len(self.expanded) >= 64:
+                self.expanded.clear()
+            found = self.expanded[key] = (counts, expand_placeholders(text, self.placeholder, counts))
+        return found[1]
 
     def _message_key(self, message) -> tuple[list, list[str]] | None:
         """`_message_key`, remembered for the message object a short while (a sample's prefix
@@ -139,9 +157,9 @@ class MeasuringProcessor:
         return pieces
 
     def tokenize(self, text: str) -> Tokenized:
-        if self.piecewise is not None and not SENTINELS.search(text):
+        if self.piecewise is not None and not has_sentinel(text):
             return self.piecewise(text)
-        if self.collapse and not SENTINELS.search(text):
+        if self.collapse and not has_sentinel(text):
             collapsed = self._collapsed(text)
             if collapsed is not None:
                 return collapsed
@@ -167,13 +185,13 @@ class MeasuringProcessor:
         ids, offsets, done, shift = [], [], 0, 0
         for run, start in zip(runs, starts):
             at = bisect_left(token_starts, start, done)  # the run's single token
-            if at == len(token_starts) or short.input_ids[at] != self.feature_id or \
+            if at == len(token_starts) or short.input_ids[at] != self.image_token_id or \
                     short.offsets[at] != (start, start + width):
                 return None
             ids += short.input_ids[done:at]
             offsets += [(a + shift, b + shift) for a, b in short.offsets[done:at]]
             copies = (run.end() - run.start()) // width
-            ids += [self.feature_id] * copies
+            ids += [self.image_token_id] * copies
             offsets += zip(range(run.start(), run.end(), width), range(run.start() + width, run.end() + width, width))
             shift += (copies - 1) * width
             done = at + 1
@@ -201,7 +219,7 @@ class MeasuringProcessor:
 
     def _collapse_matches(self) -> bool:
         """Collapsing gives the whole-text result on probe texts (else this tokenizer never collapses)."""
-        if not self.feature or self.feature_id is None:
+        if not self.feature or self.image_token_id is None:
             return False
         self.collapse = True
         probes = [f"a{self.feature * 3} b", f"{self.feature * 7}\n x {self.feature}y", f" {self.feature}{self.feature}"]

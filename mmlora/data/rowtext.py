@@ -48,6 +48,8 @@ def as_text(value, field: str):
 def lone_surrogate(row) -> tuple[str, int, str] | None:
     """(field path, character index, the character) of the first lone surrogate in any string of
     a row (nested lists and objects included), or None. Iterative: rows can be deeply nested."""
+    if not _holds_surrogate(row):  # the common case, found without naming every field on the way
+        return None
     stack = [("", row)]
     while stack:
         path, value = stack.pop()
@@ -60,6 +62,22 @@ def lone_surrogate(row) -> tuple[str, int, str] | None:
         elif isinstance(value, (list, tuple)):
             stack += [(f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value)))]
     return None
+
+
+def _holds_surrogate(value) -> bool:
+    """Whether any string in `value` (nested lists and objects included) holds a surrogate; an
+    ASCII string is skipped unread (Python records that it is ASCII)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, (list, tuple)):
+            stack += item
+    return False
 
 
 def check_unicode(row) -> None:

@@ -26,6 +26,8 @@ from mmlora.errors import MmloraError
 SCAN_FORMAT = 1
 """Bumped when the layout of a scan result or what a scan measures changes."""
 TUPLES = "\0tuples"
+SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(Sample))
+"""Every field a stored sample carries (looked up once: the scan stores every sample)."""
 """Key of the list of a stored sample's fields that were tuples."""
 NOT_IN_FINGERPRINT = ("train", "eval", "num_proc", "scan_cache", "packing", "group_by_length")
 """Data fields that do not change what a scan finds (the split's own files are fingerprinted by
@@ -93,7 +95,7 @@ def images_unchanged(recorded: dict[str, list[int]]) -> bool:
 
 def encode_sample(sample: Sample, blobs: list[bytes]) -> dict:
     """A Sample as JSON-able data, every field carried; image bytes go to `blobs` (by index)."""
-    data = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
+    data = {name: getattr(sample, name) for name in SAMPLE_FIELDS}
     data["images"] = [_encode_image(ref, blobs) for ref in sample.images]
     data[TUPLES] = [name for name, value in data.items() if isinstance(value, tuple)]  # JSON has lists only
     return data

@@ -38,6 +38,12 @@ is expected to use; data that does is refused rather than misread."""
 SENTINELS = re.compile("[\U000F0000-\U000FFFFD]+")
 
 
+def has_sentinel(text: str) -> bool:
+    """Whether `text` holds a sentinel character; an ASCII text (known without reading it: Python
+    records it) has none, which spares the search through long chat renders."""
+    return not text.isascii() and SENTINELS.search(text) is not None
+
+
 @dataclass
 class Tokenized:
     input_ids: list[int]
@@ -125,7 +131,7 @@ class PlainText:
 
     def escape(self, text: str) -> str:
         """`text` with every protected string replaced by a same-length sentinel run."""
-        if SENTINELS.search(text):
+        if has_sentinel(text):
             raise MmloraError(
                 "The text contains characters of Unicode's Supplementary Private Use Area-A "
                 "(U+F0000..U+FFFFD), which mmlora reserves to keep special-token strings in data "

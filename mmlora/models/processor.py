@@ -171,6 +171,10 @@ class ImageTextProcessor:
         except TemplateError as err:
             raise MmloraError(f"The {self.family.name} chat template refused the conversation: {err}") from None
 
+    def render_expanded(self, messages: list[dict], counts: list[int], add_generation_prompt: bool = False) -> str:
+        """`render`'s text with image k's placeholder expanded to counts[k] tokens (expand_placeholders)."""
+        return expand_placeholders(self.render(messages, add_generation_prompt), self.family.image_token, counts)
+
     def process_images(self, images: list) -> dict:
         """The image processor's output for `images`, resized within the recipe's bounds."""
         options = dict(self.family.image_processor_kwargs)

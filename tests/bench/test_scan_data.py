@@ -22,3 +22,13 @@ def test_a_rerun_over_part_of_the_images_writes_the_same_rows_and_images(tmp_pat
     assert write_scan_data(rerun, 400, seed=3) == rerun / "train.jsonl"
     assert files(rerun) == files(fresh) and len(files(fresh)) == 41
     assert files(write_scan_data(tmp_path / "other", 400, seed=4).parent) != files(fresh)
+
+
+def test_the_scan_loop_profiler_runs_one_workers_loop(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "bench" / "scan_loop.py"), "--rows", "512", "--data",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "scan loop: 512 rows in" in done.stdout and (tmp_path / "data-1024" / "train.jsonl").is_file()

@@ -227,3 +227,17 @@ def test_parquet_nulls_are_absent_fields_and_json_cells_are_decoded(tmp_path):
     ]), tmp_path / "mixed.parquet")
     samples = load_samples(tmp_path / "mixed.parquet", DataConfig(train="x", column_map=["answer=answers"]))
     assert [s.messages[-1]["content"][0]["text"] for s in samples] == ["yes", "a square", "no"]
+
+
+def test_the_most_common_answer_is_the_counters_first_seen_on_ties():
+    import collections
+    import random
+
+    from mmlora.data.samples import most_common_answer
+
+    rng = random.Random(0)
+    for size in [1, 2, 3, 10, 10, 10, 31, 32, 33, 200]:  # the short-list way and the Counter's
+        for _ in range(50):
+            answers = [rng.choice(["red", "blue", "2", "two", "Red"]) for _ in range(size)]
+            assert most_common_answer(answers) == collections.Counter(answers).most_common(1)[0][0]
+    assert most_common_answer(["b", "a", "a", "b"]) == "b"  # a tie: the first seen

@@ -137,7 +137,7 @@ def test_a_full_disk_while_writing_the_result_scans_in_one_process(processor, da
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(arrowscan, "_write_rows", disk_full)
+    monkeypatch.setattr(arrowscan, "write_rows", disk_full)
     cfg = DataConfig(train="x", on_error="skip")
     with caplog.at_level(logging.WARNING):
         scan = scan_split(str(data_file), cfg, processor, progress=False)

@@ -95,7 +95,7 @@ def test_a_first_process_that_cannot_write_its_marker_on_a_full_disk_does_not_ha
 
     def first_process():
         with monkeypatch.context() as full:
-            full.setattr(arrowscan, "_write_rows", disk_full)
+            full.setattr(arrowscan, "write_rows", disk_full)
             full.setattr(Path, "write_text", lambda self, *a, **k: disk_full() if self.suffix == ".serial" else
                          write_text(self, *a, **k))
             return scan_split(str(data_file), cfg, processor, progress=False)
