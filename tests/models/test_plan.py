@@ -1,6 +1,5 @@
 """`mmlora plan`: counts from the config alone equal counts of the instantiated model."""
 
-
 import pytest
 
 from mmlora.config.loading import load_recipe
