@@ -123,16 +123,17 @@ def test_reports_label_vqa_accuracy_with_its_rule(tmp_path):
     assert "VQA accuracy (official)" in (tmp_path / "report.html").read_text()
 
 
-def test_eval_command_takes_the_flag_and_labels_its_numbers(tmp_path):
+def test_eval_command_takes_the_flag_and_labels_its_numbers(tmp_path, capsys):
     # The numbers themselves are checked above (score_task is what eval scores with); the tiny
     # model's answers are random, so here only the flag's path to the outputs is checked.
+    # Through the CLI's entry point in this process (torch is imported already).
+    from mmlora.cli import main
+
     out = tmp_path / "eval"
-    result = subprocess.run(
-        [sys.executable, "-m", "mmlora", "eval", "tiny_vqa", "--limit", "4", "--output-dir", str(out),
-         f"train.output_dir={tmp_path / 'none'}", "--vqa-normalization", "official"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert any(line.startswith("VQA accuracy (official)") for line in result.stdout.splitlines()), result.stdout
+    code = main(["eval", "tiny_vqa", "--limit", "4", "--output-dir", str(out),
+                 f"train.output_dir={tmp_path / 'none'}", "--vqa-normalization", "official"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert any(line.startswith("VQA accuracy (official)") for line in printed.out.splitlines()), printed.out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["vqa_normalization"] == metrics["models"]["base"]["vqa_normalization"] == "official"
