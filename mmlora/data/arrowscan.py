@@ -140,6 +140,11 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
     show = progress and sys.stderr.isatty()  # a bar on a terminal only, as the scan's own
     if not show:
         datasets.disable_progress_bars()
+    # Everything alive now (torch, transformers, the processor) is moved out of the collector's
+    # reach before the workers fork: a full collection in a worker would otherwise touch every
+    # inherited object and so copy the pages they share with this process (+100 MiB per worker,
+    # seen at 50k rows).
+    gc.freeze()
     try:
         # 1024 rows a batch: `datasets`' own per-batch work and each batch's collector pause
         # (RowScanner.__call__) cost ~6 CPU-s at 50k rows with 256; with 2048 nothing more is
@@ -148,6 +153,7 @@ def _scan_into(work: Path, source, cfg, processor, name: str, expand_captions: b
                   remove_columns=table.column_names, cache_file_name=str(work / "scan.arrow"),
                   load_from_cache_file=False, new_fingerprint=work.name, desc=f"checking {name} data")
     finally:
+        gc.unfreeze()
         if bars and not show:
             datasets.enable_progress_bars()
     if not len(table):  # no rows: map writes no file; an empty result has the columns all the same

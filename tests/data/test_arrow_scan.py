@@ -317,22 +317,25 @@ def test_a_pretty_printed_json_lines_file_is_still_read_as_one_document(data, pr
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_the_workers_pause_the_garbage_collector_per_batch_and_restore_it(data, processor, monkeypatch, tmp_path,
-                                                                          enabled):
+def test_the_scan_freezes_what_exists_and_pauses_the_collector_per_batch_then_restores_it(
+        data, processor, monkeypatch, tmp_path, enabled):
     import gc
 
     monkeypatch.setenv("MMLORA_SCAN_CACHE", str(tmp_path))
     during, scan_row = [], arrowscan.scan_row
-    monkeypatch.setattr(arrowscan, "scan_row", lambda *a: during.append(gc.isenabled()) or scan_row(*a))
+    frozen = []  # objects out of the collector's reach while the rows are scanned
+    monkeypatch.setattr(arrowscan, "scan_row", lambda *a: during.append(gc.isenabled()) or
+                        frozen.append(gc.get_freeze_count()) or scan_row(*a))
     cfg = DataConfig(train="x", on_error="skip", max_length=300, num_proc=1)
     serial = scan_serially(str(data / "train.jsonl"), cfg, processor, progress=False)
     (gc.enable if enabled else gc.disable)()
     try:
         arrow = scan_split(str(data / "train.jsonl"), cfg, processor, progress=False)
-        assert gc.isenabled() == enabled  # as it was before the scan
+        assert gc.isenabled() == enabled and gc.get_freeze_count() == 0  # as it was before the scan
     finally:
         gc.enable()
     assert during and not any(during)  # paused while the rows were scanned
+    assert min(frozen) > 10_000  # what existed before the scan (torch, transformers, the processor)
     assert findings(arrow) == findings(serial)
 
 
