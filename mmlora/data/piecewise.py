@@ -107,18 +107,18 @@ class PiecewiseEncoder:
         placed = self.placed.get((piece, shift))
         if placed is None:
             found = self.pieces.get(piece)
-            if found is None:
+            recurs = found is not None
+            if not recurs:
                 if len(self.pieces) >= PIECES_LIMIT:
                     self.pieces.clear()
                 encoding = self.backend.encode(piece, add_special_tokens=False)
                 found = self.pieces[piece] = (encoding.ids, encoding.offsets)
-                # Not remembered at this place yet: most pieces are met once (a sample's own
-                # text), and their entries would push the recurring ones out of `placed`.
-                ids += found[0]
-                offsets += [(a + shift, b + shift) for a, b in found[1]]
-                return
-            if len(self.placed) >= PIECES_LIMIT:
-                self.placed.clear()
-            placed = self.placed[(piece, shift)] = (found[0], [(a + shift, b + shift) for a, b in found[1]])
+            placed = (found[0], [(a + shift, b + shift) for a, b in found[1]])
+            # Remembered at this place only once the piece recurs: most pieces are met once (a
+            # sample's own text), and their entries would push the recurring ones out of `placed`.
+            if recurs:
+                if len(self.placed) >= PIECES_LIMIT:
+                    self.placed.clear()
+                self.placed[(piece, shift)] = placed
         ids += placed[0]
         offsets += placed[1]
